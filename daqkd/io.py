@@ -1,0 +1,97 @@
+"""Checkpoint reading and writing: atomic saves, and state-dict import with errors that say what to do."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
+    a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint plugin whose saves are atomic (a killed run never leaves a torn .ckpt)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_torch_save(checkpoint, path)
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (teacher.ckpt=..., ckpt_path=...)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). The file is corrupt or not a "
+            "PyTorch checkpoint: delete it (a cached teacher is retrained) or point to a good one."
+        ) from e
+
+
+def extract_state_dict(obj: Any, prefixes: tuple[str, ...] = ("model.", "teacher.", "student.", "module.")) -> dict:
+    """The model state dict inside a plain ``.pt`` state dict, a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper, or a Lightning ``.ckpt``; a common prefix is stripped."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError("no state dict (a mapping of names to tensors) found in the checkpoint")
+    for prefix in prefixes:
+        keys = [k for k in obj if k.startswith(prefix)]
+        if keys and (len(keys) == len(obj) or prefix in ("model.", "student.")):
+            # A Lightning checkpoint of our own module holds student.* and teacher.*: keep one.
+            return {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
+    return dict(obj)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a ``.pt``/``.ckpt`` into ``model``; a key or shape mismatch lists what differs."""
+    state = extract_state_dict(read_checkpoint(path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def cut(xs):
+            return ", ".join(xs[:10]) + (f" … (+{len(xs) - 10} more)" if len(xs) > 10 else "")
+        raise CheckpointError(
+            f"{path} does not fit model {type(model).__name__}: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing keys: {cut(missing)}" if missing else "",
+                    f"unexpected keys: {cut(unexpected)}" if unexpected else "",
+                    f"shape mismatches: {cut(shapes)}" if shapes else "",
+                )
+                if part
+            )
+            + ". Check that model=, dataset= (class count, channels) match the checkpoint."
+        )
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,90 @@
+"""The DA metric M = DEV − CMI (Kur & Zhao, arXiv 2509.03850; METHOD.md §1), as plain torch.
+
+Shapes: ``probs`` [N, C] are teacher softmax outputs; ``targets`` are integer labels [N] or soft
+labels [N, C] (rows summing to 1, as CutMix/MixUp produce); prototypes ``Q`` are [C, C] with row y
+the (weighted) mean prediction for class y.
+"""
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-12
+
+
+def soft_targets(targets: torch.Tensor, num_classes: int, dtype=torch.float64) -> torch.Tensor:
+    """Integer labels [N] → one-hot [N, C]; soft labels [N, C] pass through. Always ``dtype``."""
+    if targets.ndim == 1:
+        if targets.is_floating_point():
+            raise ValueError("1-D targets must be integer class labels")
+        return torch.nn.functional.one_hot(targets.long(), num_classes).to(dtype)
+    if targets.ndim != 2 or targets.shape[1] != num_classes:
+        raise ValueError(f"soft targets must be [N, {num_classes}], got {tuple(targets.shape)}")
+    return targets.to(dtype)
+
+
+def prototype_sums(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator Σ_i t_i[y]·p_i [C, C] and denominator Σ_i t_i[y] [C] of the prototypes, in float64.
+
+    Accumulating these over batches and dividing at the end gives exactly ``class_prototypes``.
+    """
+    t = soft_targets(targets, num_classes)
+    return t.T @ probs.to(torch.float64), t.sum(0)
+
+
+def prototypes_from_sums(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    empty = torch.nonzero(den <= 0).flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"classes {empty} have no samples, so their prototypes are undefined; score more samples "
+            "(metric.num_samples) or use a class-stratified subsample"
+        )
+    return num / den[:, None]
+
+
+def class_prototypes(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Q_y = Σ_i t_i[y]·p_i / Σ_i t_i[y] (hard labels: the mean of p_i over class y). Rows sum to 1."""
+    num, den = prototype_sums(probs, targets, num_classes)
+    return prototypes_from_sums(num, den).to(probs.dtype)
+
+
+def _kl_rows(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p_i ‖ q_i) per row, with 0·log 0 = 0 and arguments clamped at EPS."""
+    return (p * (p.clamp_min(EPS).log() - q.clamp_min(EPS).log())).sum(-1)
+
+
+def cmi_sum(probs: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Σ_i KL(p_i ‖ c_i) with c_i = Σ_y t_i[y]·Q_y (= Q[y_i] for hard labels), in float64."""
+    q = prototypes.to(torch.float64)
+    t = soft_targets(targets, q.shape[0])
+    return _kl_rows(probs.to(torch.float64), t @ q).sum()
+
+
+def contextual_mutual_information(probs: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """CMI_emp = (1/N) Σ_i KL(p_i ‖ c_i) (METHOD.md §1, pass 2)."""
+    return (cmi_sum(probs, targets, prototypes) / len(probs)).to(probs.dtype)
+
+
+def label_deviation(prototypes: torch.Tensor) -> torch.Tensor:
+    """DEV = (1/C) Σ_y KL(e_y ‖ Q_y) = −(1/C) Σ_y log Q_y[y]."""
+    return -prototypes.diagonal().clamp_min(EPS).log().mean()
+
+
+def metric_score(probs_pass1, probs_pass2, targets1, targets2, num_classes: int) -> dict[str, float]:
+    """M = DEV − CMI from the full tensors of both passes (reference for the streaming scorer)."""
+    q = class_prototypes(probs_pass1, targets1, num_classes)
+    cmi = float(contextual_mutual_information(probs_pass2, targets2, q))
+    dev = float(label_deviation(q))
+    return {"cmi": cmi, "dev": dev, "m": dev - cmi}
+
+
+def variance_score(probs: torch.Tensor, group_size: int = 5) -> torch.Tensor:
+    """The "variance" baseline selector (Wang et al., NeurIPS 2022; METHOD.md §1).
+
+    Consecutive groups of ``group_size`` softmax outputs are averaged; the std across groups is
+    taken per class and averaged over classes. A trailing partial group is dropped.
+    """
+    n = (len(probs) // group_size) * group_size
+    if n < 2 * group_size:
+        raise ValueError(f"variance score needs at least {2 * group_size} samples, got {len(probs)}")
+    groups = probs[:n].reshape(-1, group_size, probs.shape[1]).mean(1)
+    return groups.std(0).mean()

@@ -1,0 +1,231 @@
+"""The quantizer interface, the quantized layers and model conversion.
+
+A quantizer is an ``nn.Module`` that maps a float tensor to its fake-quantized value and owns its
+learnable parameters. A quantized layer holds one quantizer for its weight and one for its input
+activation (either may be absent, meaning full precision) and, optionally, a learnable output scale.
+Adding a quantizer means writing one ``Quantizer`` subclass and one YAML file in conf/quantizer/.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ALLOWED_BITS = (2, 3, 4, 8, 32)
+FULL_PRECISION = 32
+
+
+class Quantizer(nn.Module):
+    """Base class. ``bits``: bit width; ``signed``: whether the input takes negative values
+    (weights, or the raw image in front of the first layer) or not (post-ReLU activations)."""
+
+    def __init__(self, bits: int, signed: bool):
+        super().__init__()
+        if bits not in ALLOWED_BITS or bits == FULL_PRECISION:
+            raise ValueError(f"a quantizer needs bits in {ALLOWED_BITS[:-1]}, got {bits}")
+        self.bits, self.signed = int(bits), bool(signed)
+        # Set once initialised from data; saved in checkpoints so a resumed run is not re-calibrated.
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits - 1
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set the learnable parameters from data (a weight, or one calibration batch of inputs)."""
+        self.initialized.fill_(True)
+
+    def learned(self) -> dict[str, float]:
+        """Scalar learned state for summaries: parameters and buffers other than the init flag."""
+        out = {}
+        for name, t in list(self.named_parameters(recurse=False)) + list(self.named_buffers(recurse=False)):
+            if name != "initialized" and t.numel() == 1:
+                out[name] = float(t.detach())
+        return out
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"
+
+
+QuantizerFactory = Callable[..., Quantizer]  # (bits=, signed=) -> Quantizer
+
+
+class QuantLayerMixin:
+    """Shared state of QuantConv2d and QuantLinear."""
+
+    weight_quantizer: Quantizer | None
+    act_quantizer: Quantizer | None
+    output_scale: nn.Parameter | None
+
+    def _setup_quant(self, wq: Quantizer | None, aq: Quantizer | None, output_scale: bool) -> None:
+        self.weight_quantizer, self.act_quantizer = wq, aq
+        self.output_scale = nn.Parameter(torch.ones(())) if output_scale else None
+        self.calibrating = False
+
+    def _linear_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # conv or matmul, no bias
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            return self._calibrate(x)
+        xq = self.act_quantizer(x) if self.act_quantizer is not None else x
+        wq = self.weight_quantizer(self.weight) if self.weight_quantizer is not None else self.weight
+        out = self._linear_op(xq, wq)
+        if self.output_scale is not None:
+            out = out * self.output_scale
+        return out if self.bias is None else out + self.bias.view(1, -1, *([1] * (out.ndim - 2)))
+
+    @torch.no_grad()
+    def _calibrate(self, x: torch.Tensor) -> torch.Tensor:
+        """Initialise both quantizers and the output scale (mean|out_fp| / mean|out_q|) on ``x``,
+        and pass the quantized output on so later layers calibrate on what they will really see."""
+        if self.act_quantizer is not None:
+            self.act_quantizer.initialize(x)
+        if self.weight_quantizer is not None:
+            self.weight_quantizer.initialize(self.weight)
+        self.calibrating = False
+        out_fp = self._linear_op(x, self.weight)
+        if self.output_scale is not None:
+            self.output_scale.fill_(1.0)
+            out_q = self._linear_op(
+                self.act_quantizer(x) if self.act_quantizer is not None else x,
+                self.weight_quantizer(self.weight) if self.weight_quantizer is not None else self.weight,
+            )
+            self.output_scale.fill_(float(out_fp.abs().mean() / out_q.abs().mean().clamp_min(1e-12)))
+        out = self.forward(x)
+        self.calibrating = False
+        return out
+
+
+class QuantConv2d(QuantLayerMixin, nn.Conv2d):
+    def _linear_op(self, x, w):
+        if self.padding_mode != "zeros":
+            return self._conv_forward(x, w, None)
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+
+
+class QuantLinear(QuantLayerMixin, nn.Linear):
+    def _linear_op(self, x, w):
+        return F.linear(x, w)
+
+
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLayerMixin]]:
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLayerMixin):
+            yield name, m
+
+
+def _make(factory: QuantizerFactory | None, bits: int, signed: bool) -> Quantizer | None:
+    if factory is None or bits == FULL_PRECISION:
+        return None
+    return factory(bits=bits, signed=signed)
+
+
+def check_bits(bits: int, what: str) -> int:
+    if bits not in ALLOWED_BITS:
+        raise ValueError(f"{what}={bits} is not supported; allowed bit widths: {', '.join(map(str, ALLOWED_BITS))} (32 = full precision)")
+    return int(bits)
+
+
+def quantize_model(
+    model: nn.Module,
+    weight: QuantizerFactory | None,
+    activation: QuantizerFactory | None,
+    bits_w: int,
+    bits_a: int,
+    first_last: str = "fp",
+    output_scale: bool = False,
+) -> nn.Module:
+    """Replace every Conv2d/Linear of ``model`` in place by its quantized twin, keeping its weights.
+
+    ``first_last``: "fp" keeps the first conv and the last linear in full precision (reference CIFAR
+    code); "int8" quantizes them at 8 bits (reference Tiny-ImageNet code); "same" treats them like
+    every other layer. The first layer's input (the normalised image) is signed.
+    """
+    check_bits(bits_w, "bits.w")
+    check_bits(bits_a, "bits.a")
+    if first_last not in ("fp", "int8", "same"):
+        raise ValueError(f"quantizer.first_last={first_last!r}; expected one of fp, int8, same")
+    targets = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    if not targets:
+        raise ValueError("the model has no Conv2d or Linear layer to quantize")
+    edge = {targets[0][0], targets[-1][0]}
+    for i, (name, m) in enumerate(targets):
+        bw, ba = bits_w, bits_a
+        if name in edge and first_last == "fp":
+            continue
+        if name in edge and first_last == "int8":
+            bw, ba = min(8, bits_w), min(8, bits_a)
+        wq = _make(weight, bw, signed=True)
+        aq = _make(activation, ba, signed=(i == 0))
+        if wq is None and aq is None:
+            continue
+        _swap(model, name, m, wq, aq, output_scale)
+    return model
+
+
+def _swap(model: nn.Module, name: str, m: nn.Module, wq, aq, output_scale: bool) -> None:
+    if isinstance(m, nn.Conv2d):
+        q = QuantConv2d(
+            m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+            m.bias is not None, m.padding_mode, device=m.weight.device, dtype=m.weight.dtype,
+        )
+    else:
+        q = QuantLinear(m.in_features, m.out_features, m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
+    q.load_state_dict(m.state_dict())
+    q._setup_quant(wq, aq, output_scale)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: torch.Tensor) -> None:
+    """Initialise every quantizer and output scale from one batch (METHOD.md §3 initialisation)."""
+    layers = [m for _, m in quant_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        for m in layers:
+            m.calibrating = True
+        model(images)
+    finally:
+        for m in layers:
+            m.calibrating = False
+        model.train(was_training)
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Learnable quantizer state (intervals, α, steps, output scales), optimised at its own lr."""
+    params = []
+    for _, m in quant_layers(model):
+        for q in (m.weight_quantizer, m.act_quantizer):
+            if q is not None:
+                params += list(q.parameters())
+        if m.output_scale is not None:
+            params.append(m.output_scale)
+    return params
+
+
+def summary(model: nn.Module) -> str:
+    """Per layer: type, quantizer, W/A bits and learned parameters (FP layers are listed too)."""
+    rows = [("layer", "type", "quantizer", "W", "A", "learned")]
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLayerMixin):
+            wq, aq = m.weight_quantizer, m.act_quantizer
+            qname = type(wq or aq).__name__
+            learned = []
+            for tag, q in (("w", wq), ("a", aq)):
+                if q is not None:
+                    learned += [f"{tag}.{k}={v:.4g}" for k, v in q.learned().items()]
+            if m.output_scale is not None:
+                learned.append(f"out_scale={float(m.output_scale.detach()):.4g}")
+            rows.append((name, type(m).__name__, qname, str(wq.bits if wq else 32), str(aq.bits if aq else 32), " ".join(learned)))
+        elif type(m) in (nn.Conv2d, nn.Linear):
+            rows.append((name, type(m).__name__, "fp", "32", "32", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(line.rstrip() for line in lines)
