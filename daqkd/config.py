@@ -1,6 +1,7 @@
 """Where the configs live, and the checks that reject a bad config before any work starts."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -20,6 +21,22 @@ def config_dir() -> Path:
         if (candidate / "config.yaml").is_file():
             return candidate
     raise ConfigError(f"daqkd's configs were not found next to {here}; reinstall the package (pip install daqkd)")
+
+
+# Config groups whose option names are numbers (conf/bits/2.yaml ...). Hydra's override parser
+# reads `bits=2` as the integer 2 and rejects it as a group choice; these groups get quoted.
+NUMERIC_GROUPS = ("bits",)
+_NUMERIC_CHOICE = re.compile(r"^(?P<key>[+~]?(?:%s))=(?P<vals>\d+(?:,\d+)*)$" % "|".join(NUMERIC_GROUPS))
+
+
+def normalize_overrides(overrides: list[str]) -> list[str]:
+    """``bits=2`` → ``bits='2'`` and ``bits=2,4`` → ``bits='2','4'`` (sweeps), so numeric options
+    select the group file as users expect; everything else passes through unchanged."""
+    out = []
+    for arg in overrides:
+        m = _NUMERIC_CHOICE.match(arg)
+        out.append(f"{m['key']}=" + ",".join(f"'{v}'" for v in m["vals"].split(",")) if m else arg)
+    return out
 
 
 def validate_config(cfg: DictConfig) -> None:

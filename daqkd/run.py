@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from daqkd.config import config_dir, validate_config
+from daqkd.config import config_dir, normalize_overrides, validate_config
 from daqkd.io import AtomicCheckpointIO
 from daqkd.metric.callback import DAMetricCallback
 from daqkd.module import QATKDModule
@@ -167,9 +168,14 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     results = train(cfg)
     return results["student"]["test_acc"]  # the sweep objective
+
+
+def main() -> None:
+    sys.argv[1:] = normalize_overrides(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

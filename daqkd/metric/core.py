@@ -70,7 +70,9 @@ def label_deviation(prototypes: torch.Tensor) -> torch.Tensor:
 
 
 def metric_score(probs_pass1, probs_pass2, targets1, targets2, num_classes: int) -> dict[str, float]:
-    """M = DEV − CMI from the full tensors of both passes (reference for the streaming scorer)."""
+    """M = DEV − CMI from the full tensors of both passes (reference for the streaming scorer),
+    computed in float64 like the scorer."""
+    probs_pass1, probs_pass2 = probs_pass1.double(), probs_pass2.double()
     q = class_prototypes(probs_pass1, targets1, num_classes)
     cmi = float(contextual_mutual_information(probs_pass2, targets2, q))
     dev = float(label_deviation(q))

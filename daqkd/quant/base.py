@@ -73,9 +73,10 @@ class QuantLayerMixin:
             return self._calibrate(x)
         xq = self.act_quantizer(x) if self.act_quantizer is not None else x
         wq = self.weight_quantizer(self.weight) if self.weight_quantizer is not None else self.weight
-        out = self._linear_op(xq, wq)
         if self.output_scale is not None:
-            out = out * self.output_scale
+            # conv(x, w)·s = conv(x, s·w) for a scalar s: scale the small tensor, not the output.
+            wq = wq * self.output_scale
+        out = self._linear_op(xq, wq)
         return out if self.bias is None else out + self.bias.view(1, -1, *([1] * (out.ndim - 2)))
 
     @torch.no_grad()
@@ -158,7 +159,7 @@ def quantize_model(
         if name in edge and first_last == "fp":
             continue
         if name in edge and first_last == "int8":
-            bw, ba = min(8, bits_w), min(8, bits_a)
+            bw, ba = (FULL_PRECISION if b == FULL_PRECISION else 8 for b in (bits_w, bits_a))
         wq = _make(weight, bw, signed=True)
         aq = _make(activation, ba, signed=(i == 0))
         if wq is None and aq is None:

@@ -17,8 +17,8 @@ class EWGSDeltaCallback(L.Callback):
     """Re-estimate every Hessian-mode EWGS δ at the start of each training epoch (METHOD.md §3)
     from ``num_batches`` training batches, using the module's own training loss."""
 
-    def __init__(self, num_batches: int = 3, seed: int = 0):
-        self.num_batches, self.seed = num_batches, seed
+    def __init__(self, num_batches: int = 3, probes: int = 4, seed: int = 0):
+        self.num_batches, self.probes, self.seed = num_batches, probes, seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not ewgs_quantizers(pl_module.student):
@@ -26,7 +26,7 @@ class EWGSDeltaCallback(L.Callback):
         loader = trainer.datamodule.train_dataloader()
         batches = [move_data_to_device(b, pl_module.device) for b in itertools.islice(loader, self.num_batches)]
         gen = torch.Generator().manual_seed(self.seed + trainer.current_epoch)
-        deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen)
+        deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen, self.probes)
         values = torch.tensor(list(deltas.values()))
         log.info(
             "EWGS δ re-estimated on %d batches: mean %.3g, min %.3g, max %.3g over %d quantizers",

@@ -33,8 +33,52 @@ class EWGSRound(torch.autograd.Function):
 
 
 def ewgs_round(x_n: torch.Tensor, levels: int, delta: torch.Tensor | float) -> torch.Tensor:
+    """The EWGS discretiser alone, on already normalised x_n ∈ [0, 1]."""
     delta = torch.as_tensor(delta, dtype=x_n.dtype, device=x_n.device)
     return EWGSRound.apply(x_n, levels, delta)
+
+
+class EWGSQuantize(torch.autograd.Function):
+    """Fused normalise → round → map, the QAT hot path: y = gain·x_q + offset with
+    x_q = round(clamp((x − l)/r, 0, 1)·L)/L and r = u − l; (gain, offset) is (2, −1) for weights and
+    (1, 0) for unsigned activations.
+
+    Backward, with g_q = gain·g and x_n the unclipped normalised input:
+        g_n = g_q + δ·|g_q|·(x_n − x_q)            (= g_q·(1 + δ·sign(g_q)·(x_n − x_q)), Eq. 5)
+        ∂x  = g_n/r on l < x < u, else 0
+        ∂l  = Σ g_n·(x_n − 1)/r,   ∂u = −Σ g_n·x_n/r   (over l < x < u)
+    Points exactly on l or u get no gradient, as autograd through clamp gives (this keeps the
+    exact zeros of a ReLU from pulling on l).
+    This is what autograd through clamp((x − l)/r) and EWGSRound gives, in about half the passes
+    over the tensor. The backward uses differentiable ops so Hessian-vector products pass through it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lower, upper, delta, levels: int, gain: float):
+        r = upper - lower
+        x_q = (x - lower).div_(r).clamp_(0, 1).mul_(levels).round_().div_(levels)
+        ctx.save_for_backward(x, x_q, lower, upper, delta)
+        ctx.gain = gain
+        return x_q if gain == 1 else x_q * gain - gain / 2
+
+    @staticmethod
+    def backward(ctx, g):
+        x, x_q, lower, upper, delta = ctx.saved_tensors
+        r = upper - lower
+        g_q = g * ctx.gain if ctx.gain != 1 else g
+        if torch.is_grad_enabled():  # create_graph=True (Hessian estimate): differentiable ops only
+            x_n = (x - lower) / r
+            inside = (x_n > 0) & (x_n < 1)
+            g_n = torch.where(inside, g_q + delta * g_q.abs() * (x_n - x_q), 0)
+            s_xn = (g_n * x_n).sum()
+        else:  # training: the same numbers, in place, with few temporaries
+            x_n = (x - lower).div_(r)
+            inside = (x_n > 0).logical_and_(x_n < 1)
+            g_n = (x_n - x_q).mul_(g_q.abs()).mul_(delta).add_(g_q).mul_(inside)
+            s_xn = torch.dot(g_n.flatten(), x_n.flatten())
+        s_all = g_n.sum()
+        grad_x = g_n / r if ctx.needs_input_grad[0] else None
+        return grad_x, (s_xn - s_all) / r, -s_xn / r, None, None, None
 
 
 class EWGSQuantizer(Quantizer):
@@ -77,14 +121,22 @@ class EWGSQuantizer(Quantizer):
         return ((x - self.lower) / (self.upper - self.lower)).clamp(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_q = ewgs_round(self.normalize(x), self.levels, self.delta)
+        if self.signed and not self.is_weight:  # rare (8-bit first layer): plain autograd
+            y = ewgs_round(self.normalize(x), self.levels, self.delta) * (self.upper - self.lower) + self.lower
+        else:
+            gain = 2.0 if self.is_weight else 1.0
+            y = EWGSQuantize.apply(x, self.lower, self.upper, self.delta, self.levels, gain)
         if self.capture:
-            self.captured = x_q
+            self.captured = y
+        return y
+
+    def output_gain(self) -> torch.Tensor:
+        """dy/dx_q: converts gradients and Hessians taken w.r.t. the output y into x_q units."""
         if self.is_weight:
-            return 2 * x_q - 1
+            return torch.tensor(2.0)
         if self.signed:
-            return x_q * (self.upper - self.lower) + self.lower
-        return x_q
+            return (self.upper - self.lower).detach()
+        return torch.tensor(1.0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, delta_mode={self.delta_mode}"
@@ -99,12 +151,15 @@ def estimate_ewgs_deltas(
     loss_fn: Callable[[object], torch.Tensor],
     batches: Iterable,
     generator: torch.Generator | None = None,
+    probes: int = 4,
 ) -> dict[str, float]:
     """Re-estimate δ = (Tr(H)/N) / (3·σ(g)) for every Hessian-mode EWGS quantizer (paper §3.3).
 
-    H is the Hessian of the loss w.r.t. the quantizer's output x_q and g its gradient. Tr(H) comes
-    from Hutchinson's estimator E[vᵀHv] with one Rademacher v per quantizer and batch; estimates are
-    averaged over ``batches`` and the trace is clipped at 0. ``loss_fn(batch)`` must run ``model``.
+    H is the Hessian of the loss w.r.t. the quantizer's discrete value x_q and g its gradient; both
+    are taken w.r.t. the output y = c·x_q + b and converted (Tr H_xq = c²·Tr H_y, σ(g_xq) = c·σ(g_y)). Tr(H) comes
+    from Hutchinson's estimator E[vᵀHv] with ``probes`` Rademacher vectors per batch (one probe has
+    a standard deviation about twice the trace it estimates); estimates are averaged over
+    ``batches`` and probes, and the trace is clipped at 0. ``loss_fn(batch)`` must run ``model``.
     Returns {quantizer name: δ}. The model runs in eval mode, so BN statistics are left untouched.
     """
     quantizers = ewgs_quantizers(model)
@@ -124,11 +179,13 @@ def estimate_ewgs_deltas(
                 loss = loss_fn(batch)
                 outs = [q.captured for q in quantizers]
                 grads = torch.autograd.grad(loss, outs, create_graph=True)
-                vs = [torch.randint(0, 2, g.shape, generator=generator, dtype=torch.int8).to(g) * 2 - 1 for g in grads]
-                hvs = torch.autograd.grad(grads, outs, grad_outputs=vs, allow_unused=True)
-            for q, g, v, hv in zip(quantizers, grads, vs, hvs):
-                if hv is not None:
-                    trace[q] += float((v * hv).sum()) / g.numel()
+                for k in range(probes):
+                    vs = [torch.randint(0, 2, g.shape, generator=generator, dtype=torch.int8).to(g) * 2 - 1 for g in grads]
+                    hvs = torch.autograd.grad(grads, outs, grad_outputs=vs, allow_unused=True, retain_graph=k < probes - 1)
+                    for q, v, hv in zip(quantizers, vs, hvs):
+                        if hv is not None:
+                            trace[q] += float((v * hv).sum()) / v.numel() / probes
+            for q, g in zip(quantizers, grads):
                 gstd[q] += float(g.detach().std())
             count += 1
     finally:
@@ -140,7 +197,8 @@ def estimate_ewgs_deltas(
         raise ValueError("estimate_ewgs_deltas got no batches")
     result = {}
     for q in quantizers:
-        tr, sd = max(trace[q] / count, 0.0), gstd[q] / count
+        c = float(q.output_gain())
+        tr, sd = max(trace[q] / count, 0.0) * c * c, gstd[q] / count * c
         delta = tr / (3 * sd) if sd > 0 else 0.0
         q.delta.fill_(delta)
         result[names[q]] = delta

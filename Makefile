@@ -1,0 +1,47 @@
+# The two commands a newcomer needs:  make run   and   make test
+# Both create .venv, install daqkd with pinned torch/torchvision, and make sure Fashion-MNIST is present.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.daqkd-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+ARGS   ?=
+
+.PHONY: setup data run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian's dataset-fashion-mnist when apt is usable, otherwise torchvision's download into ./data.
+data: $(STAMP)
+	@if [ -f $(FMNIST) ] || ls data/fashion_mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; then \
+		echo "Fashion-MNIST: installed Debian's dataset-fashion-mnist"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && \
+		sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; then \
+		echo "Fashion-MNIST: installed Debian's dataset-fashion-mnist"; \
+	else \
+		echo "Fashion-MNIST: apt not usable, downloading with torchvision into data/"; \
+		$(PY) -m daqkd.data.download fashion_mnist data; \
+	fi
+
+run: data
+	$(PY) -m daqkd.run $(ARGS)
+
+test: data
+	$(PY) -m pytest -q $(ARGS)
+
+bench: data
+	$(PY) -m daqkd.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -1,0 +1,198 @@
+"""Quantizers: forward grid, backward formula against a hand computation, δ on a real model,
+model conversion and checkpointed state (METHOD.md §3)."""
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+
+from daqkd.models import create_model
+from daqkd.quant import (
+    EWGSQuantizer,
+    QuantConv2d,
+    QuantLinear,
+    calibrate,
+    estimate_ewgs_deltas,
+    quant_layers,
+    quantize_model,
+    quantizer_parameters,
+    summary,
+)
+
+EWGS = functools.partial(EWGSQuantizer, delta_mode="fixed")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("signed", [True, False])
+def test_ewgs_forward_grid(bits, signed):
+    q = EWGS(bits=bits, signed=signed)
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(bits))
+    x = x if signed else x.abs()
+    q.initialize(x)
+    out = q(x)
+    levels = torch.unique(out)
+    assert len(levels) <= 2**bits
+    assert len(levels) == 2**bits  # a wide input hits every level
+    lo, hi = (-1.0, 1.0) if signed else (0.0, 1.0)
+    assert out.min() >= lo and out.max() <= hi
+    # Levels are evenly spaced: 2/(2^b − 1) apart for weights, 1/(2^b − 1) for activations.
+    step = (hi - lo) / (2**bits - 1)
+    assert torch.allclose(levels.diff(), torch.full((2**bits - 1,), step), atol=1e-6)
+
+
+def test_ewgs_backward_matches_hand_computation():
+    l, u, delta, levels = -0.4, 0.4, 0.3, 3  # 2 bits
+    xs = [-0.5, -0.3, -0.1, 0.05, 0.17, 0.3, 0.9]
+    gs = [0.7, -1.1, 0.5, -0.2, 1.3, 0.4, -0.6]  # upstream gradients w.r.t. the output 2·x_q − 1
+    q = EWGSQuantizer(bits=2, signed=True, delta_mode="fixed").double()
+    with torch.no_grad():  # set after .double(), so l, u and δ are exactly the hand values
+        q.lower.fill_(l)
+        q.upper.fill_(u)
+        q.delta.fill_(delta)
+    x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
+    out = q(x)
+    out.backward(torch.tensor(gs, dtype=torch.float64))
+
+    exp_x, exp_l, exp_u = [], 0.0, 0.0
+    for xi, gi in zip(xs, gs):
+        xn = (xi - l) / (u - l)
+        if not 0 < xn < 1:  # clipped: no gradient to x, l or u
+            exp_x.append(0.0)
+            continue
+        xq = round(xn * levels) / levels
+        g = 2 * gi  # d(2·x_q − 1)/dx_q = 2
+        sign = (g > 0) - (g < 0)
+        gn = g * (1 + delta * sign * (xn - xq))  # EWGS, paper Eq. 5
+        exp_x.append(gn / (u - l))
+        exp_l += gn * (xi - u) / (u - l) ** 2
+        exp_u += gn * -(xi - l) / (u - l) ** 2
+    assert torch.allclose(x.grad, torch.tensor(exp_x, dtype=torch.float64), atol=1e-12)
+    assert float(q.lower.grad) == pytest.approx(exp_l, abs=1e-12)
+    assert float(q.upper.grad) == pytest.approx(exp_u, abs=1e-12)
+    # δ really scales: with δ = 0 (STE) the in-range gradients differ.
+    q.delta.fill_(0.0)
+    x.grad = None
+    q(x).backward(torch.tensor(gs, dtype=torch.float64))
+    assert not torch.allclose(x.grad, torch.tensor(exp_x, dtype=torch.float64))
+
+
+def _trained_model_and_batches(fmnist_dm, steps=25):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    it = iter(fmnist_dm.train_dataloader())
+    for _ in range(steps):
+        x, y = next(it)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, [next(it) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def fmnist_dm(tmp_path_factory):
+    from daqkd.data import ImageDataModule
+
+    dm = ImageDataModule(
+        "fashion_mnist", str(tmp_path_factory.mktemp("data")), 10, 1, 28, [0.286], [0.353],
+        train_subset=2000, val_size=500, batch_size=64, num_workers=0,
+        search_dirs=["/usr/share/datasets/fashion-mnist"],
+    )
+    dm.setup()
+    return dm
+
+
+def test_ewgs_delta_is_positive_on_a_real_model(fmnist_dm):
+    model, batches = _trained_model_and_batches(fmnist_dm)
+    student = quantize_model(copy.deepcopy(model), EWGSQuantizer, EWGSQuantizer, 2, 2, "fp", True)
+    calibrate(student, fmnist_dm.calibration_batch(128))
+    deltas = estimate_ewgs_deltas(
+        student, lambda b: nn.functional.cross_entropy(student(b[0]), b[1]), batches, torch.Generator().manual_seed(0)
+    )
+    values = torch.tensor(list(deltas.values()))
+    assert len(values) == 2 * 18  # weight + activation quantizer in each of the 18 inner convs
+    assert torch.isfinite(values).all() and (values >= 0).all()
+    assert values.mean() > 1e-4
+    assert (values > 0).float().mean() >= 0.6  # most traces are positive; the rest are clipped noise
+    # The estimate is written into the quantizers' δ buffers.
+    q = student.layer1[0].conv1.weight_quantizer
+    assert float(q.delta) == pytest.approx(deltas["layer1.0.conv1.weight_quantizer"])
+
+
+def test_quantize_model_policy_and_bits():
+    model = create_model("resnet20", 10, 1)
+    quantize_model(model, EWGS, EWGS, 2, 4, "fp", output_scale=True)
+    layers = dict(quant_layers(model))
+    assert type(model.conv1) is nn.Conv2d and type(model.fc) is nn.Linear  # first/last kept FP
+    assert len(layers) == 18 and all(isinstance(m, QuantConv2d) for m in layers.values())
+    m = model.layer2[0].conv1
+    assert m.weight_quantizer.bits == 2 and m.act_quantizer.bits == 4
+    assert m.weight_quantizer.signed and not m.act_quantizer.signed
+
+    model8 = quantize_model(create_model("resnet20", 10, 1), EWGS, EWGS, 2, 2, "int8")
+    assert isinstance(model8.conv1, QuantConv2d) and isinstance(model8.fc, QuantLinear)
+    assert model8.conv1.weight_quantizer.bits == 8 and model8.conv1.act_quantizer.signed  # raw image is signed
+
+    w_only = quantize_model(create_model("resnet20", 10, 1), EWGS, EWGS, 2, 32)
+    assert w_only.layer1[0].conv1.act_quantizer is None  # 32 bits = full precision
+    with pytest.raises(ValueError, match="allowed bit widths: 2, 3, 4, 8, 32"):
+        quantize_model(create_model("resnet20", 10, 1), EWGS, EWGS, 5, 2)
+
+
+def test_quantized_layer_keeps_teacher_weights_and_calibrates_scale():
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, 1).eval()
+    student = quantize_model(copy.deepcopy(model), EWGS, EWGS, 4, 4, "fp", output_scale=True)
+    assert torch.equal(student.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+    x = torch.randn(32, 1, 28, 28)
+    calibrate(student, x)
+    layer = student.layer1[0].conv1
+    assert bool(layer.act_quantizer.initialized) and bool(layer.weight_quantizer.initialized)
+    # The output scale restores the magnitude: at 4 bits the student's logits track the teacher's.
+    with torch.no_grad():
+        corr = torch.corrcoef(torch.stack([student.eval()(x).flatten(), model(x).flatten()]))[0, 1]
+    assert corr > 0.8
+    assert "layer1.0.conv1" in summary(student) and "out_scale=" in summary(student)
+    assert len(quantizer_parameters(student)) == 18 * (2 + 2) + 18  # l, u per quantizer + output scales
+
+
+def test_quantizer_state_round_trips_through_state_dict():
+    a = quantize_model(create_model("resnet20", 10, 1), EWGSQuantizer, EWGSQuantizer, 2, 2, "fp", True)
+    calibrate(a, torch.randn(16, 1, 28, 28))
+    a.layer1[0].conv1.weight_quantizer.delta.fill_(0.123)
+    b = quantize_model(create_model("resnet20", 10, 1), EWGSQuantizer, EWGSQuantizer, 2, 2, "fp", True)
+    b.load_state_dict(a.state_dict())
+    qa, qb = a.layer3[2].conv2.act_quantizer, b.layer3[2].conv2.act_quantizer
+    assert float(qb.upper) == float(qa.upper) and bool(qb.initialized)
+    assert float(b.layer1[0].conv1.weight_quantizer.delta) == pytest.approx(0.123)
+    assert float(b.layer2[1].conv1.output_scale) == float(a.layer2[1].conv1.output_scale)
+
+
+@pytest.mark.parametrize("is_weight", [True, False])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_fused_ewgs_matches_autograd_reference(is_weight, create_graph):
+    """The fused hot-path Function gives what autograd through clamp and EWGSRound gives."""
+    from daqkd.quant.ewgs import ewgs_round
+
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(4, 8, 5, 5, generator=gen, dtype=torch.float64)
+    x0 = x0 if is_weight else x0.relu()  # post-ReLU activations have exact zeros at l = 0
+    g = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    q = EWGSQuantizer(bits=3, signed=is_weight, delta_mode="fixed").double()
+    q.initialize(x0)
+    q.delta.fill_(0.05)
+
+    def grads(fn):
+        x = x0.clone().requires_grad_(True)
+        out = fn(x)
+        gx, gl, gu = torch.autograd.grad(out, [x, q.lower, q.upper], g, create_graph=create_graph)
+        return out.detach(), gx.detach(), gl.detach(), gu.detach()
+
+    def reference(x):
+        x_q = ewgs_round(q.normalize(x), q.levels, q.delta)
+        return 2 * x_q - 1 if is_weight else x_q
+
+    for a, b in zip(grads(q), grads(reference)):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
