@@ -26,7 +26,7 @@ EWGS = functools.partial(EWGSQuantizer, delta_mode="fixed")
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("signed", [True, False])
 def test_ewgs_forward_grid(bits, signed):
-    q = EWGS(bits=bits, signed=signed)
+    q = EWGS(bits=bits, signed=signed, role="weight" if signed else "activation")
     x = torch.randn(10_000, generator=torch.Generator().manual_seed(bits))
     x = x if signed else x.abs()
     q.initialize(x)
@@ -45,7 +45,7 @@ def test_ewgs_backward_matches_hand_computation():
     l, u, delta, levels = -0.4, 0.4, 0.3, 3  # 2 bits
     xs = [-0.5, -0.3, -0.1, 0.05, 0.17, 0.3, 0.9]
     gs = [0.7, -1.1, 0.5, -0.2, 1.3, 0.4, -0.6]  # upstream gradients w.r.t. the output 2·x_q − 1
-    q = EWGSQuantizer(bits=2, signed=True, delta_mode="fixed").double()
+    q = EWGSQuantizer(bits=2, signed=True, role="weight", delta_mode="fixed").double()
     with torch.no_grad():  # set after .double(), so l, u and δ are exactly the hand values
         q.lower.fill_(l)
         q.upper.fill_(u)
@@ -134,6 +134,7 @@ def test_quantize_model_policy_and_bits():
     model8 = quantize_model(create_model("resnet20", 10, 1), EWGS, EWGS, 2, 2, "int8")
     assert isinstance(model8.conv1, QuantConv2d) and isinstance(model8.fc, QuantLinear)
     assert model8.conv1.weight_quantizer.bits == 8 and model8.conv1.act_quantizer.signed  # raw image is signed
+    assert not model8.conv1.act_quantizer.is_weight and model8.conv1.weight_quantizer.is_weight
 
     w_only = quantize_model(create_model("resnet20", 10, 1), EWGS, EWGS, 2, 32)
     assert w_only.layer1[0].conv1.act_quantizer is None  # 32 bits = full precision
@@ -180,7 +181,7 @@ def test_fused_ewgs_matches_autograd_reference(is_weight, create_graph):
     x0 = torch.randn(4, 8, 5, 5, generator=gen, dtype=torch.float64)
     x0 = x0 if is_weight else x0.relu()  # post-ReLU activations have exact zeros at l = 0
     g = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-    q = EWGSQuantizer(bits=3, signed=is_weight, delta_mode="fixed").double()
+    q = EWGSQuantizer(bits=3, signed=is_weight, role="weight" if is_weight else "activation", delta_mode="fixed").double()
     q.initialize(x0)
     q.delta.fill_(0.05)
 

@@ -11,11 +11,17 @@ from daqkd.quant.base import (
     quantizer_parameters,
     summary,
 )
+from daqkd.quant.dorefa import DoReFaQuantizer
 from daqkd.quant.ewgs import EWGSQuantizer, estimate_ewgs_deltas, ewgs_round
+from daqkd.quant.lsq import LSQQuantizer
+from daqkd.quant.pact import PACTQuantizer
 
 __all__ = [
     "ALLOWED_BITS",
+    "DoReFaQuantizer",
     "EWGSQuantizer",
+    "LSQQuantizer",
+    "PACTQuantizer",
     "QuantConv2d",
     "QuantLinear",
     "Quantizer",

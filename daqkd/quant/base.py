@@ -17,15 +17,24 @@ ALLOWED_BITS = (2, 3, 4, 8, 32)
 FULL_PRECISION = 32
 
 
-class Quantizer(nn.Module):
-    """Base class. ``bits``: bit width; ``signed``: whether the input takes negative values
-    (weights, or the raw image in front of the first layer) or not (post-ReLU activations)."""
+ROLES = ("weight", "activation")
 
-    def __init__(self, bits: int, signed: bool):
+
+class Quantizer(nn.Module):
+    """Base class, built as ``Quantizer(bits=, signed=, role=)``.
+
+    ``bits``: bit width; ``role``: "weight" or "activation"; ``signed``: whether the input takes
+    negative values (weights, or the raw image in front of the first layer) or not (post-ReLU
+    activations). Subclasses implement ``forward`` and, when they learn from data, ``initialize``.
+    """
+
+    def __init__(self, bits: int, signed: bool, role: str = "activation"):
         super().__init__()
         if bits not in ALLOWED_BITS or bits == FULL_PRECISION:
             raise ValueError(f"a quantizer needs bits in {ALLOWED_BITS[:-1]}, got {bits}")
-        self.bits, self.signed = int(bits), bool(signed)
+        if role not in ROLES:
+            raise ValueError(f"quantizer role must be one of {ROLES}, got {role!r}")
+        self.bits, self.signed, self.role = int(bits), bool(signed), role
         # Set once initialised from data; saved in checkpoints so a resumed run is not re-calibrated.
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -46,11 +55,15 @@ class Quantizer(nn.Module):
                 out[name] = float(t.detach())
         return out
 
+    @property
+    def is_weight(self) -> bool:
+        return self.role == "weight"
+
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, signed={self.signed}"
+        return f"bits={self.bits}, signed={self.signed}, role={self.role}"
 
 
-QuantizerFactory = Callable[..., Quantizer]  # (bits=, signed=) -> Quantizer
+QuantizerFactory = Callable[..., Quantizer]  # (bits=, signed=, role=) -> Quantizer
 
 
 class QuantLayerMixin:
@@ -119,10 +132,10 @@ def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLayerMixin]]:
             yield name, m
 
 
-def _make(factory: QuantizerFactory | None, bits: int, signed: bool) -> Quantizer | None:
+def _make(factory: QuantizerFactory | None, bits: int, signed: bool, role: str) -> Quantizer | None:
     if factory is None or bits == FULL_PRECISION:
         return None
-    return factory(bits=bits, signed=signed)
+    return factory(bits=bits, signed=signed, role=role)
 
 
 def check_bits(bits: int, what: str) -> int:
@@ -160,8 +173,8 @@ def quantize_model(
             continue
         if name in edge and first_last == "int8":
             bw, ba = (FULL_PRECISION if b == FULL_PRECISION else 8 for b in (bits_w, bits_a))
-        wq = _make(weight, bw, signed=True)
-        aq = _make(activation, ba, signed=(i == 0))
+        wq = _make(weight, bw, signed=True, role="weight")
+        aq = _make(activation, ba, signed=(i == 0), role="activation")
         if wq is None and aq is None:
             continue
         _swap(model, name, m, wq, aq, output_scale)

@@ -89,12 +89,11 @@ class EWGSQuantizer(Quantizer):
     to x_q·(u − l) + l, since an offset cannot be absorbed by a scale.
     """
 
-    def __init__(self, bits: int, signed: bool, delta_mode: str = "hessian", delta: float = 1e-3, is_weight: bool | None = None):
-        super().__init__(bits, signed)
+    def __init__(self, bits: int, signed: bool, role: str = "activation", delta_mode: str = "hessian", delta: float = 1e-3):
+        super().__init__(bits, signed, role)
         if delta_mode not in DELTA_MODES:
             raise ValueError(f"quantizer delta_mode={delta_mode!r}; expected one of {', '.join(DELTA_MODES)}")
         self.delta_mode = delta_mode
-        self.is_weight = signed if is_weight is None else is_weight
         self.lower = nn.Parameter(torch.tensor(-1.0 if signed else 0.0))
         self.upper = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("delta", torch.tensor(float(delta)))
