@@ -64,6 +64,8 @@ def validate_config(cfg: DictConfig) -> None:
             f"metric.num_samples={n} is below the number of classes ({cfg.dataset.num_classes}); every class "
             "needs samples for its prototype. Use at least 10 per class, or null for the whole training split."
         )
+    if cfg.kd.beta > 0 and cfg.kd.get("feature") is None:
+        raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a feature loss, but kd={cfg.kd.name} has none; choose a feature method (kd=at, crd, ...)")
     if cfg.quantizer.first_last not in ("fp", "int8", "same"):
         raise ConfigError(f"quantizer.first_last={cfg.quantizer.first_last!r}; expected fp, int8 or same")
     if cfg.ckpt_path not in (None, "last") and not Path(str(cfg.ckpt_path)).is_file():

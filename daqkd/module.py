@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
 import torch.nn as nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from daqkd.kd import DistillationLoss, cross_entropy
+from daqkd.kd import DistillationLoss, FeatureTaps, KDBatch, cross_entropy
 from daqkd.quant import quantizer_parameters
 
 
@@ -32,6 +32,11 @@ class QATKDModule(L.LightningModule):
     ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``): the optimizer gets two
     parameter groups, the network's weights at its own lr and the quantizer parameters at
     ``quant_lr`` without weight decay; the scheduler is stepped every optimisation step.
+
+    ``feature_loss`` (optional) is a KD method from daqkd.kd called on a ``KDBatch``; its learnable
+    heads are parameters of this module, so they are optimised (with the weights) and checkpointed.
+    Its features come from forward hooks on ``student_layers`` / ``teacher_layers``, attached when
+    first needed and removed when training ends.
     """
 
     def __init__(
@@ -43,9 +48,17 @@ class QATKDModule(L.LightningModule):
         optimizer: Callable,
         quant_lr: float,
         scheduler: Callable | None = None,
+        feature_loss: nn.Module | None = None,
+        student_layers: Sequence[str] = (),
+        teacher_layers: Sequence[str] = (),
     ):
         super().__init__()
         self.student, self.teacher, self.loss_fn = student, teacher, loss
+        self.feature_loss = feature_loss
+        if feature_loss is not None and len(student_layers) != len(teacher_layers):
+            raise ValueError(f"kd.student_layers ({len(student_layers)}) and kd.teacher_layers ({len(teacher_layers)}) must pair up")
+        self.student_layers, self.teacher_layers = list(student_layers), list(teacher_layers)
+        self._taps: tuple[FeatureTaps, FeatureTaps] | None = None
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.optimizer_factory, self.scheduler_factory, self.quant_lr = optimizer, scheduler, quant_lr
@@ -61,15 +74,49 @@ class QATKDModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
+    def _attach_taps(self) -> tuple[FeatureTaps, FeatureTaps]:
+        if self._taps is None:
+            self._taps = (FeatureTaps(self.student, self.student_layers), FeatureTaps(self.teacher, self.teacher_layers))
+        return self._taps
+
+    def on_train_end(self) -> None:
+        if self._taps is not None:
+            for taps in self._taps:
+                taps.remove()
+            self._taps = None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, for losses with a warm-up."""
+        trainer = self._trainer
+        if trainer is None or not math.isfinite(trainer.estimated_stepping_batches):
+            return 1.0
+        return min(self.global_step / max(trainer.estimated_stepping_batches, 1), 1.0)
+
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """(loss, parts, student logits) for one batch; teacher and student see the same batch."""
         x, y = batch
-        teacher_logits = None
-        if self.loss_fn.needs_teacher:
-            with torch.no_grad():
-                teacher_logits = self.teacher(x)
-        logits = self.student(x)
-        loss, parts = self.loss_fn(logits, teacher_logits, y)
+        taps = self._attach_taps() if self.feature_loss is not None else None
+        if taps:
+            for t in taps:
+                t.active = True
+        try:
+            teacher_logits = None
+            if self.loss_fn.needs_teacher or taps:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x)
+            logits = self.student(x)
+        finally:
+            if taps:
+                for t in taps:
+                    t.active = False
+        feature = None
+        if taps:
+            kd_batch = KDBatch(logits, teacher_logits, y, taps[0].features, taps[1].features, self.progress)
+            feature = self.feature_loss(kd_batch)
+            for t in taps:
+                t.clear()
+        loss, parts = self.loss_fn(logits, teacher_logits, y, feature)
         return loss, parts, logits
 
     def training_step(self, batch, batch_idx):
@@ -97,7 +144,8 @@ class QATKDModule(L.LightningModule):
     def configure_optimizers(self):
         qparams = quantizer_parameters(self.student)
         qids = {id(p) for p in qparams}
-        weights = [p for p in self.student.parameters() if id(p) not in qids and p.requires_grad]
+        heads = list(self.feature_loss.parameters()) if self.feature_loss is not None else []
+        weights = [p for p in self.student.parameters() if id(p) not in qids and p.requires_grad] + heads
         groups = [{"params": weights}]
         if qparams:
             groups.append({"params": qparams, "lr": self.quant_lr, "weight_decay": 0.0})

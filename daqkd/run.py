@@ -22,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from daqkd.config import config_dir, normalize_overrides, validate_config
 from daqkd.io import AtomicCheckpointIO
+from daqkd.kd import DistillationLoss, feature_shapes
 from daqkd.metric.callback import DAMetricCallback
+from daqkd.models import default_feature_layers
 from daqkd.module import QATKDModule
 from daqkd.quant import calibrate, quantize_model, summary
 from daqkd.teacher import TeacherInfo, resolve_teacher
@@ -75,6 +77,22 @@ def build_student(cfg: DictConfig, teacher: torch.nn.Module) -> torch.nn.Module:
     return quantize_model(student, weight, activation, cfg.bits.w, cfg.bits.a, q.first_last, q.output_scale)
 
 
+def build_kd(cfg: DictConfig, student: torch.nn.Module, teacher: torch.nn.Module, datamodule):
+    """(logit objective, feature/logit KD module or None, student taps, teacher taps)."""
+    k = cfg.kd
+    loss = DistillationLoss(gamma=k.gamma, alpha=k.alpha, beta=k.beta, temperature=k.temperature, name=k.name)
+    if k.get("feature") is None:
+        return loss, None, [], []
+    default = list(cfg.model.get("feature_layers") or default_feature_layers(cfg.model.name))
+    s_layers = list(k.student_layers or default)
+    t_layers = list(k.teacher_layers or default)
+    x = datamodule.calibration_batch(2)
+    feature = instantiate(k.feature)(
+        student_shapes=feature_shapes(student, s_layers, x), teacher_shapes=feature_shapes(teacher, t_layers, x)
+    )
+    return loss, feature, s_layers, t_layers
+
+
 def build_callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     aug, metric = cfg.augment, cfg.metric
@@ -121,14 +139,18 @@ def train(cfg: DictConfig) -> dict:
     resuming = cfg.ckpt_path is not None
     if not resuming:
         calibrate(student, datamodule.calibration_batch(cfg.quantizer.calibration_size))
+    loss, feature_loss, s_layers, t_layers = build_kd(cfg, student, teacher.model, datamodule)
     module = QATKDModule(
         student=student,
         teacher=teacher.model,
-        loss=instantiate(cfg.kd),
+        loss=loss,
         num_classes=cfg.dataset.num_classes,
         optimizer=instantiate(cfg.optim.optimizer),
         quant_lr=cfg.optim.quant_lr,
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        feature_loss=feature_loss,
+        student_layers=s_layers,
+        teacher_layers=t_layers,
     )
     callbacks = build_callbacks(cfg, str(output_dir))
     metric_cb = next((c for c in callbacks if isinstance(c, DAMetricCallback)), None)

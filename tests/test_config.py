@@ -19,7 +19,8 @@ def test_every_group_option_composes_and_validates(make_cfg, group, option):
     assert cfg.dataset.num_classes > 0
     validate_config(cfg)
     if group == "kd":
-        assert instantiate(cfg.kd).name == option
+        assert cfg.kd.name == option
+        assert (cfg.kd.feature is None) == (option in ("kd", "sqakd", "none"))
     if group == "quantizer" and cfg.quantizer.weight is not None:
         q = instantiate(cfg.quantizer.weight)(bits=2, signed=True)
         assert q.bits == 2

@@ -132,9 +132,9 @@ def test_nan_loss_stops_with_a_clear_error(make_cfg):
     cfg = make_cfg()
     dm = run.build_datamodule(cfg)
     teacher = run.build_teacher(cfg, dm).model
+    loss, *_ = run.build_kd(cfg, None, None, dm)
     module = run.QATKDModule(
-        run.build_student(cfg, teacher), teacher, run.instantiate(cfg.kd), 10,
-        run.instantiate(cfg.optim.optimizer), cfg.optim.quant_lr,
+        run.build_student(cfg, teacher), teacher, loss, 10, run.instantiate(cfg.optim.optimizer), cfg.optim.quant_lr,
     )
     x = torch.full((4, 1, 28, 28), float("nan"))
     with pytest.raises(FloatingPointError, match="Lower the learning rate"):

@@ -1,0 +1,25 @@
+"""FitNet hints (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015).
+
+A learnable 1×1-conv regressor maps each student feature map to the teacher's channels;
+L = Σ_layers mean((r(F_s) − F_t)²). Paper weight β = 100. The regressors are trained with the student.
+"""
+import torch
+import torch.nn as nn
+
+from daqkd.kd.taps import KDBatch, spatial_pairs
+
+
+class FitNet(nn.Module):
+    def __init__(self, student_shapes, teacher_shapes, **_):
+        super().__init__()
+        self.regressors = nn.ModuleList(
+            nn.Conv2d(s[0], t[0], kernel_size=1, bias=False)
+            for s, t in zip(student_shapes, teacher_shapes)
+            if len(s) == 3
+        )
+        for r, (s, t) in zip(self.regressors, [(s, t) for s, t in zip(student_shapes, teacher_shapes) if len(s) == 3]):
+            if s[0] == t[0]:  # same width: start from the identity, so equal features give zero loss
+                nn.init.dirac_(r.weight)
+
+    def forward(self, batch: KDBatch) -> torch.Tensor:
+        return sum((r(s) - t).pow(2).mean() for r, (s, t) in zip(self.regressors, spatial_pairs(batch)))

@@ -1,0 +1,35 @@
+"""RKD: relational KD (Park et al., CVPR 2019), distance-wise and angle-wise, on the embedding.
+
+Distance: ψ_D(i, j) = ‖e_i − e_j‖ / μ (μ: mean distance over pairs); L_D = Huber(ψ_D^s, ψ_D^t).
+Angle:    ψ_A(i, j, k) = ⟨(e_i − e_j)/‖·‖, (e_k − e_j)/‖·‖⟩;    L_A = Huber(ψ_A^s, ψ_A^t).
+L = w_d·L_D + w_a·L_A with the paper's w_d = 25, w_a = 50; kd.beta = 1.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from daqkd.kd.taps import KDBatch, last_embedding
+
+
+def distance_potential(e: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(e, e)
+    off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return d / d[off].mean().clamp_min(1e-12)
+
+
+def angle_potential(e: torch.Tensor) -> torch.Tensor:
+    v = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2)  # v[j, i] = (e_i − e_j)/‖·‖
+    return torch.bmm(v, v.transpose(1, 2)).flatten()  # cos of angle i-j-k for every (j, i, k)
+
+
+class RelationalKD(nn.Module):
+    def __init__(self, student_shapes=(), teacher_shapes=(), distance_weight: float = 25.0, angle_weight: float = 50.0, **_):
+        super().__init__()
+        self.wd, self.wa = distance_weight, angle_weight
+
+    def forward(self, batch: KDBatch) -> torch.Tensor:
+        s, t = last_embedding(batch)
+        t = t.detach()
+        loss_d = F.smooth_l1_loss(distance_potential(s), distance_potential(t))
+        loss_a = F.smooth_l1_loss(angle_potential(s), angle_potential(t))
+        return self.wd * loss_d + self.wa * loss_a
