@@ -40,7 +40,9 @@ def build_datamodule(cfg: DictConfig):
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    return instantiate(cfg.model.factory)(num_classes=cfg.dataset.num_classes, in_channels=cfg.dataset.in_channels)
+    return instantiate(cfg.model.factory)(
+        num_classes=cfg.dataset.num_classes, in_channels=cfg.dataset.in_channels, image_size=cfg.dataset.image_size
+    )
 
 
 def build_teacher(cfg: DictConfig, datamodule, trainer_kwargs: dict[str, Any] | None = None) -> TeacherInfo:

@@ -119,7 +119,7 @@ def test_combined_and_unknown_augmentations():
 def test_datamodule_split_subsets_and_batches(tmp_path):
     make_fmnist(tmp_path / "fashion_mnist", n_train=200, n_test=50)
     dm = ImageDataModule("fashion_mnist", str(tmp_path), 10, 1, 28, [0.3], [0.3], val_size=40, train_subset=100,
-                         batch_size=16, num_workers=0, search_dirs=[])
+                         batch_size=16, num_workers=0, source_options={"search_dirs": []})
     dm.setup()
     assert len(dm.train_idx) == 100 and len(dm.val_idx) == 40
     assert not set(dm.train_idx.tolist()) & set(dm.val_idx.tolist())

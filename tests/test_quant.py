@@ -98,7 +98,7 @@ def fmnist_dm(tmp_path_factory):
     dm = ImageDataModule(
         "fashion_mnist", str(tmp_path_factory.mktemp("data")), 10, 1, 28, [0.286], [0.353],
         train_subset=2000, val_size=500, batch_size=64, num_workers=0,
-        search_dirs=["/usr/share/datasets/fashion-mnist"],
+        source_options={"search_dirs": ["/usr/share/datasets/fashion-mnist"]},
     )
     dm.setup()
     return dm

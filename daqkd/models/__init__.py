@@ -46,7 +46,10 @@ def _entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kw) -> nn.Module:
-    """Build model ``name`` for ``num_classes`` outputs and ``in_channels`` input channels."""
+    """Build model ``name`` for ``num_classes`` outputs and ``in_channels`` input channels.
+
+    ``image_size`` (optional) lets a model pick its stem for the input resolution (ResNet-18,
+    MobileNetV2); the CIFAR-style models ignore it."""
     return _entry(name).builder(num_classes=num_classes, in_channels=in_channels, **kw)
 
 
@@ -56,4 +59,4 @@ def default_feature_layers(name: str) -> tuple[str, ...]:
 
 
 # Importing the model files fills the registry.
-from daqkd.models import resnet_cifar  # noqa: E402,F401
+from daqkd.models import mobilenetv2, resnet, resnet_cifar, vgg  # noqa: E402,F401

@@ -83,15 +83,15 @@ _TAPS = ("layer1", "layer2", "layer3", "flatten")
 
 
 @register_model("resnet20", feature_layers=_TAPS)
-def resnet20(num_classes: int, in_channels: int = 3) -> CifarResNet:
+def resnet20(num_classes: int, in_channels: int = 3, image_size: int | None = None) -> CifarResNet:
     return CifarResNet(20, num_classes, in_channels)
 
 
 @register_model("resnet32", feature_layers=_TAPS)
-def resnet32(num_classes: int, in_channels: int = 3) -> CifarResNet:
+def resnet32(num_classes: int, in_channels: int = 3, image_size: int | None = None) -> CifarResNet:
     return CifarResNet(32, num_classes, in_channels)
 
 
 @register_model("resnet56", feature_layers=_TAPS)
-def resnet56(num_classes: int, in_channels: int = 3) -> CifarResNet:
+def resnet56(num_classes: int, in_channels: int = 3, image_size: int | None = None) -> CifarResNet:
     return CifarResNet(56, num_classes, in_channels)
