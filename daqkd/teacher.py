@@ -139,3 +139,28 @@ def train_teacher(model: nn.Module, datamodule, recipe: Mapping[str, Any], train
     log.info("teacher: training for %d epochs", recipe["max_epochs"])
     L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_dataloader())
     return model
+
+
+def main() -> None:
+    """``python -m daqkd.teacher [overrides]``: resolve (train and cache) the teacher alone."""
+    import sys
+
+    import hydra
+
+    from daqkd import run
+    from daqkd.config import config_dir, normalize_overrides
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+    def _main(cfg) -> float:
+        L.seed_everything(cfg.seed, workers=True)
+        dm = run.build_datamodule(cfg)
+        info = run.build_teacher(cfg, dm)
+        log.info("Teacher %s/%s (%s): %s, test accuracy %.4f", cfg.dataset.name, cfg.model.name, info.source, info.ckpt, info.test_acc)
+        return info.test_acc
+
+    sys.argv[1:] = normalize_overrides(sys.argv[1:]) + ["task_name=teacher"]
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ import torch
 from daqkd.augment import PAPER_POOL, available_augments, build_augmentation, sample_pipeline
 from daqkd.data import DatasetNotFoundError, ImageDataModule, load_image_sets, read_idx, stratified_indices
 from daqkd.data.sampling import split_indices
+from fakedata import write_cifar
 
 
 def write_idx(path, array: np.ndarray, compress=True):
@@ -53,21 +54,6 @@ def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in msg
     with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
         load_image_sets("cifar10", tmp_path)
-
-
-def write_cifar(root, name, n_per_file=12):
-    rng = np.random.default_rng(1)
-    if name == "cifar10":
-        folder, files, key, classes = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], b"labels", 10
-    else:
-        folder, files, key, classes = root / "cifar-100-python", ["train", "test"], b"fine_labels", 100
-    folder.mkdir(parents=True)
-    for j, f in enumerate(files):
-        labels = [(j * n_per_file + i) % classes for i in range(n_per_file)]
-        batch = {b"data": rng.integers(0, 256, (n_per_file, 3072), dtype=np.uint8), key: labels, b"batch_label": b"x"}
-        with open(folder / f, "wb") as fh:
-            pickle.dump(batch, fh)
-    return folder
 
 
 @pytest.mark.parametrize("name,n_train,n_test", [("cifar10", 60, 12), ("cifar100", 12, 12)])
