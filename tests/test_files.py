@@ -66,3 +66,17 @@ def test_file_dataset_through_the_datamodule(tmp_path):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
     assert len(dm.train_idx) == 30 and len(dm.val_idx) == 6 and len(dm.test_idx) == 6
+
+
+def test_channel_stats_match_numpy(tmp_path):
+    import numpy as np
+
+    from daqkd.data.stats import channel_stats
+
+    make_folder(tmp_path, per_class=4)
+    dm = ImageDataModule("imagefolder", str(tmp_path), 3, 3, 40, [0.5] * 3, [0.25] * 3, val_size=3, batch_size=4,
+                         num_workers=0, source_options={"folder": str(tmp_path), "image_size": 40})
+    mean, std = channel_stats(dm)
+    pixels = np.stack([dm.train_set.image(int(j)).numpy() for j in dm.train_idx]).astype(np.float64) / 255
+    assert mean == pytest.approx(pixels.mean((0, 2, 3)).tolist(), abs=1e-4)
+    assert std == pytest.approx(pixels.std((0, 2, 3)).tolist(), abs=1e-4)

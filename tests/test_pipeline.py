@@ -152,3 +152,14 @@ def test_cli_from_another_directory(tmp_path):
     assert "w: 4" in ok.stdout and "name: ewgs" in ok.stdout
     bad = _cli(["quantizer=nope", "--cfg", "job"], tmp_path)
     assert bad.returncode != 0 and "ewgs" in bad.stderr and "fp" in bad.stderr
+
+
+def test_teacher_command_trains_and_caches(tmp_path):
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
+    args = [sys.executable, "-m", "daqkd.teacher", "debug=fast", "trainer.enable_progress_bar=false"]
+    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "(trained)" in first.stdout + first.stderr
+    assert len(list((tmp_path / ".cache" / "teachers").glob("fashion_mnist_resnet20_*.pt"))) == 1
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "(cache)" in second.stdout + second.stderr
