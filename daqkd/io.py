@@ -1,6 +1,7 @@
 """Checkpoint reading and writing: atomic saves, and state-dict import with errors that say what to do."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """JSON to a temporary file in the same folder, then renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

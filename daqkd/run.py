@@ -6,9 +6,7 @@ QAT+KD fit → test → results.json (METHOD.md; README for the commands).
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from daqkd.config import config_dir, normalize_overrides, validate_config
-from daqkd.io import AtomicCheckpointIO
+from daqkd.io import AtomicCheckpointIO, atomic_write_json
 from daqkd.kd import DistillationLoss, feature_shapes
 from daqkd.metric.callback import DAMetricCallback
 from daqkd.models import default_feature_layers
@@ -118,12 +116,6 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def train(cfg: DictConfig) -> dict:
     """Run the whole pipeline for one config; returns what it writes to results.json."""
     validate_config(cfg)
@@ -182,7 +174,7 @@ def train(cfg: DictConfig) -> dict:
         },
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json(output_dir / "results.json", results)
+    atomic_write_json(output_dir / "results.json", results)
     log.info(
         "Done. DA: %s | teacher test acc %.4f | W%dA%d %s student test acc %.4f | %s",
         results["selected_augment"], teacher.test_acc, cfg.bits.w, cfg.bits.a, cfg.quantizer.name,

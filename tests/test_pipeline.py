@@ -163,3 +163,14 @@ def test_teacher_command_trains_and_caches(tmp_path):
     assert len(list((tmp_path / ".cache" / "teachers").glob("fashion_mnist_resnet20_*.pt"))) == 1
     second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "(cache)" in second.stdout + second.stderr
+
+
+def test_feature_kd_heads_are_trained_and_checkpointed(make_cfg, tmp_path):
+    # 512 training images fill a 100-slot bank 5 times and leave the pointer at 12 (a wrap cannot hide a fill);
+    # the δ estimate's 3 batches must not enqueue (they would move it to 4).
+    run.train(make_cfg("kd=crd", "kd.feature.bank_size=100", "augment=minimal", "metric.score_fixed=false"))
+    state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert {"feature_loss.embed_s.weight", "feature_loss.bank_t", "feature_loss.bank_ptr"} <= set(state)
+    assert int(state["feature_loss.bank_ptr"]) == 512 % 100  # filled by training steps only
+    header = (tmp_path / "out" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/feat" in header

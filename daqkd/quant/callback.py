@@ -26,7 +26,14 @@ class EWGSDeltaCallback(L.Callback):
         loader = trainer.datamodule.train_dataloader()
         batches = [move_data_to_device(b, pl_module.device) for b in itertools.islice(loader, self.num_batches)]
         gen = torch.Generator().manual_seed(self.seed + trainer.current_epoch)
-        deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen, self.probes)
+        # The whole module in eval mode: the estimate must not change training state (BN statistics,
+        # a KD loss's memory bank).
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen, self.probes)
+        finally:
+            pl_module.train(was_training)
         values = torch.tensor(list(deltas.values()))
         log.info(
             "EWGS δ re-estimated on %d batches: mean %.3g, min %.3g, max %.3g over %d quantizers",
