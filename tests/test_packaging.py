@@ -36,3 +36,14 @@ def test_wheel_carries_the_configs(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr
     assert Path(probe.stdout.strip()) == site / "daqkd" / "conf"
+
+
+def test_no_source_file_is_git_ignored():
+    """An unanchored pattern in .gitignore once hid daqkd/data/ from every clone."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [p for d in ("daqkd", "conf", "tests") for p in (REPO / d).rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml")]
+    probe = subprocess.run(["git", "check-ignore", "--stdin"], cwd=REPO, capture_output=True, text=True,
+                           input="\n".join(str(p.relative_to(REPO)) for p in files))
+    assert probe.stdout.strip() == "", f"git ignores these project files:\n{probe.stdout}"

@@ -1,0 +1,163 @@
+"""Data sets stored as image files: Tiny-ImageNet (official ``tiny-imagenet-200`` layout) and any
+ImageFolder tree. Images are decoded per item (inside DataLoader workers) to uint8 [3, S, S].
+
+Unreadable files are found when the data set is opened (``verify=True``), skipped and counted with
+one warning, so a corrupt file never crashes a run hours in; a file that still fails to decode
+later is replaced by the next image, with a warning naming it.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from daqkd.data.sampling import split_indices
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
+class LayoutError(FileNotFoundError):
+    pass
+
+
+class ImageFiles:
+    """Image files with labels; ``image(j)`` decodes file j to uint8 RGB [3, size, size]
+    (shorter side resized to ``size``, then centre-cropped; ``size=None`` keeps the file's size)."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], size: int | None = None, verify: bool = True):
+        paths, targets = list(paths), list(targets)
+        self.skipped: list[Path] = []
+        if verify:
+            keep = [i for i, p in enumerate(paths) if _readable(p)]
+            self.skipped = [paths[i] for i in sorted(set(range(len(paths))) - set(keep))]
+            paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
+            if self.skipped:
+                shown = ", ".join(str(p) for p in self.skipped[:5])
+                log.warning("skipped %d unreadable image files (%s%s)", len(self.skipped), shown, " …" if len(self.skipped) > 5 else "")
+        if not paths:
+            raise LayoutError("no readable images found")
+        self.paths, self.size = paths, size
+        self.targets = torch.tensor(targets, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, j: int) -> torch.Tensor:
+        for k in range(len(self.paths)):
+            path = self.paths[(j + k) % len(self.paths)]
+            try:
+                with Image.open(path) as im:
+                    img = TF.pil_to_tensor(im.convert("RGB"))
+                break
+            except (OSError, UnidentifiedImageError) as e:
+                warnings.warn(f"cannot decode {path} ({e}); using the next image instead", stacklevel=2)
+        if self.size is not None and tuple(img.shape[1:]) != (self.size, self.size):
+            img = TF.center_crop(TF.resize(img, self.size, antialias=True), [self.size, self.size])
+        return img
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+# --------------------------------------------------------------------------- Tiny-ImageNet
+
+TINY_LAYOUT = (
+    "tiny-imagenet-200/wnids.txt, tiny-imagenet-200/train/<wnid>/images/*.JPEG, "
+    "tiny-imagenet-200/val/images/*.JPEG and tiny-imagenet-200/val/val_annotations.txt"
+)
+
+
+def load_tiny_imagenet(root: Path, download: bool = False, image_size: int = 64, verify: bool = True, **_):
+    """Train: 500 images per class; test: the official validation set, labelled by val_annotations.txt."""
+    base = Path(root) / "tiny-imagenet-200"
+    if not base.is_dir() and download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(TINY_IMAGENET_URL, str(root))
+        except Exception as e:
+            log.warning("download of Tiny-ImageNet failed: %s", e)
+    wnids_file, ann = base / "wnids.txt", base / "val" / "val_annotations.txt"
+    for needed in (base / "train", wnids_file, ann):
+        if not needed.exists():
+            raise LayoutError(
+                f"Tiny-ImageNet: {needed} is missing. Expected the official layout under {root}: {TINY_LAYOUT}. "
+                "Run once with dataset.datamodule.download=true on a machine with a network, or unpack "
+                "tiny-imagenet-200.zip there (set paths.data_dir to move it)."
+            )
+    wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_targets = [], []
+    for w in wnids:
+        files = _images_in(base / "train" / w)
+        if not files:
+            raise LayoutError(f"Tiny-ImageNet: no images in {base / 'train' / w}; expected {TINY_LAYOUT}")
+        train_paths += files
+        train_targets += [index[w]] * len(files)
+    val_paths, val_targets = [], []
+    for line_no, line in enumerate(ann.read_text().splitlines(), 1):
+        parts = line.split("\t")
+        if not line.strip():
+            continue
+        if len(parts) < 2 or parts[1] not in index:
+            raise LayoutError(f"{ann}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid from wnids.txt, got {line!r}")
+        val_paths.append(base / "val" / "images" / parts[0])
+        val_targets.append(index[parts[1]])
+    return (ImageFiles(train_paths, train_targets, image_size, verify), ImageFiles(val_paths, val_targets, image_size, verify))
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def load_image_folder(root: Path, download: bool = False, folder: str | None = None, image_size: int = 64,
+                      test_fraction: float = 0.2, verify: bool = True, seed: int = 0, **_):
+    """``folder/train/<class>/*`` plus ``folder/val/<class>/*`` (the test split), or, without
+    ``val/``, a stratified ``test_fraction`` of train held out as the test split."""
+    base = Path(folder) if folder else Path(root)
+    train_dir = base / "train"
+    if not train_dir.is_dir():
+        raise LayoutError(
+            f"ImageFolder: {train_dir} does not exist. Expected {base}/train/<class>/<image> and optionally "
+            f"{base}/val/<class>/<image>; set dataset.datamodule.source_options.folder=PATH."
+        )
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise LayoutError(f"ImageFolder: {train_dir} needs at least two class folders, found {classes}")
+
+    def scan(split_dir: Path):
+        paths, targets = [], []
+        for i, c in enumerate(classes):
+            files = _images_in(split_dir / c) if (split_dir / c).is_dir() else []
+            paths += files
+            targets += [i] * len(files)
+        return paths, targets
+
+    paths, targets = scan(train_dir)
+    if (base / "val").is_dir():
+        extra = sorted(d.name for d in (base / "val").iterdir() if d.is_dir() and d.name not in classes)
+        if extra:
+            raise LayoutError(f"ImageFolder: {base / 'val'} has classes missing from train: {extra}")
+        vp, vt = scan(base / "val")
+        return ImageFiles(paths, targets, image_size, verify), ImageFiles(vp, vt, image_size, verify)
+    if not 0 < test_fraction < 1:
+        raise LayoutError(f"ImageFolder: no {base / 'val'} and test_fraction={test_fraction}; give a fraction in (0, 1)")
+    keep, held = split_indices(torch.tensor(targets), max(len(classes), int(round(test_fraction * len(paths)))), seed)
+    pick = lambda idx: ([paths[i] for i in idx.tolist()], [targets[i] for i in idx.tolist()])  # noqa: E731
+    return ImageFiles(*pick(keep), image_size, verify), ImageFiles(*pick(held), image_size, verify)
