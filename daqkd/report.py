@@ -103,12 +103,13 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def metric_correlation(runs: list[dict]) -> str | None:
     """Spearman ρ between M of the DA a run trained with and its test accuracy."""
-    pairs = []
+    pairs, names = [], set()
     for r in runs:
         chosen = [s for s in r.get("augment_scores", []) if s["name"] == r["selected_augment"]]
         if chosen and r["config"]["augment"]["name"] != "auto":
             pairs.append((chosen[0]["m"], r["student"]["test_acc"]))
-    if len(pairs) < 3:
+            names.add(chosen[0]["name"])
+    if len(names) < 3:  # a correlation needs M to vary: at least three different DAs
         return None
     rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
     return f"Spearman ρ(M, test accuracy) over {len(pairs)} fixed-DA runs: {rho:+.3f} (negative: lower M, higher accuracy)"
