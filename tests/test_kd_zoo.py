@@ -102,6 +102,16 @@ def test_rkd_distance_and_angle_by_hand():
     assert loss_d > 0 and loss_a > 0
 
 
+def test_rkd_is_twice_differentiable():
+    """The EWGS δ estimate differentiates the loss twice; RKD's distances must allow that."""
+    e = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, 3, dtype=torch.float64)
+    loss = RelationalKD()(KDBatch(None, None, None, [e], [t]))
+    (g,) = torch.autograd.grad(loss, e, create_graph=True)
+    (hv,) = torch.autograd.grad(g, e, torch.ones_like(g))
+    assert torch.isfinite(hv).all()
+
+
 def test_nst_by_hand():
     s = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # channels [1, 0] and [0, 1]
     t = torch.tensor([[[[1.0, 0.0]], [[2.0, 0.0]]]])  # both channels normalise to [1, 0]

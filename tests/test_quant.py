@@ -121,6 +121,16 @@ def test_ewgs_delta_is_positive_on_a_real_model(fmnist_dm):
     assert float(q.delta) == pytest.approx(deltas["layer1.0.conv1.weight_quantizer"])
 
 
+def test_non_finite_delta_estimate_keeps_the_previous_delta():
+    torch.manual_seed(0)
+    student = quantize_model(create_model("resnet20", 10, 1), EWGSQuantizer, EWGSQuantizer, 2, 2, "fp", True)
+    x = torch.randn(8, 1, 28, 28)
+    calibrate(student, x)
+    deltas = estimate_ewgs_deltas(student, lambda b: student(b).sum() * float("nan"), [x])
+    assert all(v == pytest.approx(1e-3) for v in deltas.values())  # the initial δ, not NaN
+    assert all(float(q.delta) == pytest.approx(1e-3) for q in student.modules() if isinstance(q, EWGSQuantizer))
+
+
 def test_quantize_model_policy_and_bits():
     model = create_model("resnet20", 10, 1)
     quantize_model(model, EWGS, EWGS, 2, 4, "fp", output_scale=True)

@@ -11,14 +11,24 @@ import torch.nn.functional as F
 from daqkd.kd.taps import KDBatch, last_embedding
 
 
+def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    """‖e_i − e_j‖ with a zero diagonal, twice differentiable (cdist's second derivative is NaN at
+    zero distance, which broke the Hessian-based EWGS δ estimate)."""
+    sq = (e.unsqueeze(0) - e.unsqueeze(1)).pow(2).sum(-1)
+    off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return sq.clamp_min(1e-12).sqrt() * off
+
+
 def distance_potential(e: torch.Tensor) -> torch.Tensor:
-    d = torch.cdist(e, e)
+    d = pairwise_distances(e)
     off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
     return d / d[off].mean().clamp_min(1e-12)
 
 
 def angle_potential(e: torch.Tensor) -> torch.Tensor:
-    v = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2)  # v[j, i] = (e_i − e_j)/‖·‖
+    diff = e.unsqueeze(0) - e.unsqueeze(1)  # diff[j, i] = e_i − e_j
+    # Unit vectors with a safe norm (zero for i = j), twice differentiable unlike F.normalize at 0.
+    v = diff / diff.pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
     return torch.bmm(v, v.transpose(1, 2)).flatten()  # cos of angle i-j-k for every (j, i, k)
 
 

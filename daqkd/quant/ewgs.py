@@ -7,6 +7,8 @@ Forward: x_n = clamp((x − l)/(u − l), 0, 1), x_q = round(x_n·(2^b − 1))/(
 """
 from __future__ import annotations
 
+import logging
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -14,6 +16,7 @@ import torch.nn as nn
 
 from daqkd.quant.base import Quantizer
 
+log = logging.getLogger(__name__)
 DELTA_MODES = ("hessian", "fixed")
 
 
@@ -197,8 +200,12 @@ def estimate_ewgs_deltas(
     result = {}
     for q in quantizers:
         c = float(q.output_gain())
-        tr, sd = max(trace[q] / count, 0.0) * c * c, gstd[q] / count * c
-        delta = tr / (3 * sd) if sd > 0 else 0.0
+        tr, sd = trace[q] / count * c * c, gstd[q] / count * c
+        delta = max(tr, 0.0) / (3 * sd) if sd > 0 else 0.0
+        if not (math.isfinite(tr) and math.isfinite(sd) and math.isfinite(delta)):
+            # e.g. a loss whose second derivative is undefined somewhere: never install NaN or a silent 0
+            log.warning("EWGS δ estimate for %s is %s; keeping δ = %.4g", names[q], delta, float(q.delta))
+            delta = float(q.delta)
         q.delta.fill_(delta)
         result[names[q]] = delta
     return result
