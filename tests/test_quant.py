@@ -131,6 +131,17 @@ def test_non_finite_delta_estimate_keeps_the_previous_delta():
     assert all(float(q.delta) == pytest.approx(1e-3) for q in student.modules() if isinstance(q, EWGSQuantizer))
 
 
+def test_delta_formula_by_hand():
+    from daqkd.quant.ewgs import ewgs_delta
+
+    # weights: y = 2·x_q − 1, so Tr H_xq = 4·Tr H_y and σ(g_xq) = 2·σ(g_y): δ = 4·0.03 / (3·2·0.5) = 0.04
+    assert ewgs_delta(0.03, 0.5, 2.0, 3, previous=0.001) == pytest.approx(0.04)
+    assert ewgs_delta(-0.2, 0.5, 1.0, 3, previous=0.001) == 0.0  # negative trace clipped at 0
+    assert ewgs_delta(1e6, 1e-3, 1.0, 3, previous=0.001) == 3.0  # capped at L = 2² − 1
+    assert ewgs_delta(float("nan"), 0.5, 1.0, 3, previous=0.007) == 0.007  # keep, never NaN
+    assert ewgs_delta(0.1, float("nan"), 1.0, 3, previous=0.007) == 0.007  # keep, never a silent 0
+
+
 def test_quantize_model_policy_and_bits():
     model = create_model("resnet20", 10, 1)
     quantize_model(model, EWGS, EWGS, 2, 4, "fp", output_scale=True)

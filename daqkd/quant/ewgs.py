@@ -148,6 +148,24 @@ def ewgs_quantizers(model: nn.Module, mode: str = "hessian") -> list[EWGSQuantiz
     return [m for m in model.modules() if isinstance(m, EWGSQuantizer) and m.delta_mode == mode]
 
 
+def ewgs_delta(trace_y: float, grad_std_y: float, gain: float, levels: int, previous: float) -> float:
+    """δ = max(Tr H/N, 0) / (3·σ(g)) in x_q units, from estimates taken w.r.t. y = gain·x_q + b.
+
+    A non-finite estimate keeps ``previous`` (never NaN, never a silent 0). δ is capped at L = 2^b − 1:
+    |x_n − x_q| ≤ 1/(2L), so the factor 1 + δ·sign(g)·(x_n − x_q) stays in [0.5, 1.5] and the gradient
+    keeps its sign, as EWGS assumes (RKD on nearly identical embeddings gave estimates of 4.8e7).
+    """
+    tr, sd = trace_y * gain * gain, grad_std_y * gain
+    if not (math.isfinite(tr) and math.isfinite(sd)):
+        log.warning("EWGS δ estimate is not finite (trace %s, σ %s); keeping δ = %.4g", tr, sd, previous)
+        return previous
+    delta = max(tr, 0.0) / (3 * sd) if sd > 0 else 0.0
+    if delta > levels:
+        log.warning("EWGS δ estimate %.3g capped at %d", delta, levels)
+        return float(levels)
+    return delta
+
+
 def estimate_ewgs_deltas(
     model: nn.Module,
     loss_fn: Callable[[object], torch.Tensor],
@@ -199,13 +217,7 @@ def estimate_ewgs_deltas(
         raise ValueError("estimate_ewgs_deltas got no batches")
     result = {}
     for q in quantizers:
-        c = float(q.output_gain())
-        tr, sd = trace[q] / count * c * c, gstd[q] / count * c
-        delta = max(tr, 0.0) / (3 * sd) if sd > 0 else 0.0
-        if not (math.isfinite(tr) and math.isfinite(sd) and math.isfinite(delta)):
-            # e.g. a loss whose second derivative is undefined somewhere: never install NaN or a silent 0
-            log.warning("EWGS δ estimate for %s is %s; keeping δ = %.4g", names[q], delta, float(q.delta))
-            delta = float(q.delta)
+        delta = ewgs_delta(trace[q] / count, gstd[q] / count, float(q.output_gain()), q.levels, float(q.delta))
         q.delta.fill_(delta)
         result[names[q]] = delta
     return result
