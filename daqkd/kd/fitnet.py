@@ -12,14 +12,14 @@ from daqkd.kd.taps import KDBatch, spatial_pairs
 class FitNet(nn.Module):
     def __init__(self, student_shapes, teacher_shapes, **_):
         super().__init__()
-        self.regressors = nn.ModuleList(
-            nn.Conv2d(s[0], t[0], kernel_size=1, bias=False)
-            for s, t in zip(student_shapes, teacher_shapes)
-            if len(s) == 3
-        )
-        for r, (s, t) in zip(self.regressors, [(s, t) for s, t in zip(student_shapes, teacher_shapes) if len(s) == 3]):
+        self.regressors = nn.ModuleList()
+        for s, t in zip(student_shapes, teacher_shapes):
+            if len(s) != 3:  # only [C, H, W] maps get a regressor
+                continue
+            r = nn.Conv2d(s[0], t[0], kernel_size=1, bias=False)
             if s[0] == t[0]:  # same width: start from the identity, so equal features give zero loss
                 nn.init.dirac_(r.weight)
+            self.regressors.append(r)
 
     def forward(self, batch: KDBatch) -> torch.Tensor:
         return sum((r(s) - t).pow(2).mean() for r, (s, t) in zip(self.regressors, spatial_pairs(batch)))

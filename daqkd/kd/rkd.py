@@ -21,8 +21,8 @@ def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
 
 def distance_potential(e: torch.Tensor) -> torch.Tensor:
     d = pairwise_distances(e)
-    off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
-    return d / d[off].mean().clamp_min(1e-12)
+    n = len(e)
+    return d / (d.sum() / max(n * (n - 1), 1)).clamp_min(1e-12)  # mean over the off-diagonal pairs
 
 
 def angle_potential(e: torch.Tensor) -> torch.Tensor:
