@@ -113,7 +113,7 @@ def scoring_and_stability(step_seconds: float, sizes: list[int]) -> dict:
 
     from daqkd import run
     from daqkd.config import config_dir
-    from daqkd.metric.callback import DAMetricCallback
+    from daqkd.metric.scoring import score_augmentations
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["paths.output_dir=."])
@@ -131,8 +131,7 @@ def scoring_and_stability(step_seconds: float, sizes: list[int]) -> dict:
     teacher.eval()
     rankings, per_candidate = {}, {}
     for n in sizes:
-        cb = DAMetricCallback(list(PAPER_POOL), num_samples=n, batch_size=500, seed=0)
-        scores = cb.score_all(teacher, dm, dm.num_classes, "cpu")
+        scores = score_augmentations(teacher, dm, list(PAPER_POOL), n, 500, 0)
         rankings[n] = {s.name: s.m for s in scores}
         per_candidate[n] = statistics.mean(s.seconds for s in scores)
     from daqkd.report import spearman

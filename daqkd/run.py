@@ -10,7 +10,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
@@ -93,20 +93,38 @@ def build_kd(cfg: DictConfig, student: torch.nn.Module, teacher: torch.nn.Module
     return loss, feature, s_layers, t_layers
 
 
-def build_callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: a file, or "last" (this run folder's last.ckpt; none yet means a fresh start,
+    so a requeued job can always pass ckpt_path=last)."""
+    if cfg.ckpt_path is None:
+        return None
+    if cfg.ckpt_path != "last":
+        return str(cfg.ckpt_path)
+    last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
+    if not last.is_file():
+        log.warning("ckpt_path=last: no %s yet, starting afresh", last)
+        return None
+    return str(last)
+
+
+def build_selection(cfg: DictConfig, output_dir: str, resume_from: str | None) -> DAMetricCallback:
+    """The callback that decides and installs the training DA (see daqkd.metric.callback)."""
     aug, metric = cfg.augment, cfg.metric
-    if aug.name == "auto" or metric.score_fixed:
-        callbacks.append(
-            DAMetricCallback(
-                candidates=list(aug.pool) if aug.name == "auto" else [aug.name],
-                num_samples=metric.num_samples,
-                batch_size=metric.batch_size,
-                seed=metric.seed,
-                fixed=None if aug.name == "auto" else aug.name,
-                output_dir=output_dir,
-            )
-        )
+    auto = aug.name == "auto"
+    candidates = list(aug.pool) if auto else ([aug.name] if metric.score_fixed else [])
+    return DAMetricCallback(
+        candidates,
+        fixed=None if auto else aug.name,
+        num_samples=metric.num_samples,
+        batch_size=metric.batch_size,
+        seed=metric.seed,
+        output_dir=output_dir,
+        resume_from=resume_from,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if cfg.quantizer.get("callback") is not None:
         callbacks.append(instantiate(cfg.quantizer.callback))
     return callbacks
@@ -116,8 +134,10 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run the whole pipeline for one config; returns what it writes to results.json."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Run the whole pipeline for one config; returns what it writes to results.json.
+
+    ``extra_callbacks`` are added to the Trainer's (for instrumenting a run from Python)."""
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +150,8 @@ def train(cfg: DictConfig) -> dict:
 
     L.seed_everything(cfg.seed, workers=True)
     student = build_student(cfg, teacher.model)
-    resuming = cfg.ckpt_path is not None
-    if not resuming:
+    resume_from = resolve_ckpt_path(cfg)
+    if resume_from is None:
         calibrate(student, datamodule.calibration_batch(cfg.quantizer.calibration_size))
     loss, feature_loss, s_layers, t_layers = build_kd(cfg, student, teacher.model, datamodule)
     module = QATKDModule(
@@ -146,21 +166,19 @@ def train(cfg: DictConfig) -> dict:
         student_layers=s_layers,
         teacher_layers=t_layers,
     )
-    callbacks = build_callbacks(cfg, str(output_dir))
-    metric_cb = next((c for c in callbacks if isinstance(c, DAMetricCallback)), None)
-    if metric_cb is None:
-        datamodule.set_train_augment(cfg.augment.name)
+    selection = build_selection(cfg, str(output_dir), resume_from)
+    callbacks = [selection, *build_callbacks(cfg), *extra_callbacks]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()])
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
 
     (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")
     results = {
-        "selected_augment": metric_cb.selected if metric_cb else cfg.augment.name,
-        "augment_scores": [s.as_dict() for s in metric_cb.scores] if metric_cb else [],
+        "selected_augment": selection.selection.selected,
+        "augment_scores": [s.as_dict() for s in selection.selection.scores],
         "teacher": {"ckpt": teacher.ckpt, "test_acc": teacher.test_acc, "source": teacher.source},
         "student": {
             "test_acc": float(test_metrics["test/acc"]),

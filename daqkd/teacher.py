@@ -129,7 +129,6 @@ def resolve_teacher(
 
 def train_teacher(model: nn.Module, datamodule, recipe: Mapping[str, Any], trainer_kwargs: Mapping[str, Any]) -> nn.Module:
     """Train ``model`` in full precision on the datamodule's training split with the minimal DA."""
-    datamodule.set_train_augment("minimal")
     module = TeacherModule(
         model, datamodule.num_classes, lr=recipe["lr"], momentum=recipe.get("momentum", 0.9),
         weight_decay=recipe.get("weight_decay", 5e-4), nesterov=recipe.get("nesterov", True),
@@ -137,7 +136,7 @@ def train_teacher(model: nn.Module, datamodule, recipe: Mapping[str, Any], train
     kw = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
     kw["max_epochs"] = recipe["max_epochs"]
     log.info("teacher: training for %d epochs", recipe["max_epochs"])
-    L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_dataloader())
+    L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_loader("minimal"))
     return model
 
 

@@ -34,19 +34,46 @@ def test_every_group_has_options():
         assert options(g), f"conf/{g}/ is empty"
 
 
-def test_defaults_are_the_documented_ones(make_cfg):
+def test_defaults_build_the_documented_run(make_cfg):
+    """The default config builds an EWGS W2A2 ResNet-20 student trained with γ·CE + α·T²·KL (γ=1, α=2, T=4)
+    and scores the paper's 7 DAs."""
+    import torch
+
+    import daqkd.run as run
+    from daqkd.augment import PAPER_POOL
+    from daqkd.kd import kd_kl
+    from daqkd.quant import EWGSQuantizer, quant_layers
+
     cfg = make_cfg(fast=False)
-    assert (cfg.dataset.name, cfg.model.name, cfg.quantizer.name, cfg.kd.name, cfg.augment.name) == (
-        "fashion_mnist", "resnet20", "ewgs", "kd", "auto")
-    assert (cfg.bits.w, cfg.bits.a) == (2, 2)
-    assert (cfg.kd.gamma, cfg.kd.alpha, cfg.kd.temperature) == (1.0, 2.0, 4.0)
-    assert len(cfg.augment.pool) == 7
+    student = run.build_student(cfg, run.build_model(cfg))
+    layers = dict(quant_layers(student))
+    assert len(layers) == 18 and type(student.conv1) is torch.nn.Conv2d
+    assert all(isinstance(m.weight_quantizer, EWGSQuantizer) and m.weight_quantizer.bits == 2 and m.act_quantizer.bits == 2
+               for m in layers.values())
+    assert student.conv1.in_channels == 1 and student.fc.out_features == 10  # Fashion-MNIST's shape
+    loss, *_ = run.build_kd(cfg, student, None, None)
+    zs, zt, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([0, 1, 2, 3])
+    total, _ = loss(zs, zt, y)
+    assert torch.allclose(total, torch.nn.functional.cross_entropy(zs, y) + 2 * kd_kl(zs, zt, 4.0))
+    cb = run.build_selection(cfg, None, None)
+    assert cb.candidates == list(PAPER_POOL) and cb.fixed is None
 
 
 def test_teacher_and_optim_recipes_follow_the_dataset(make_cfg):
-    cfg = make_cfg("dataset=cifar100", fast=False)
-    assert cfg.teacher.lr == 0.05 and cfg.optim.optimizer.lr == 5e-4 and cfg.optim.quant_lr == 5e-6
-    assert list(cfg.dataset.datamodule.mean) == [0.5071, 0.4865, 0.4409]
+    import daqkd.run as run
+    from daqkd.module import QATKDModule
+
+    cfg = make_cfg("dataset=cifar100", "model=resnet20", fast=False)
+    teacher = run.build_model(cfg)
+    student = run.build_student(cfg, teacher)
+    loss, *_ = run.build_kd(cfg, student, teacher, None)
+    module = QATKDModule(student, teacher, loss, 100, run.instantiate(cfg.optim.optimizer), cfg.optim.quant_lr)
+    opt = module.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == [5e-4, 5e-6]  # the CIFAR-100 QAT recipe
+    assert opt.param_groups[0]["weight_decay"] == 5e-4 and opt.param_groups[1]["weight_decay"] == 0
+    assert cfg.teacher.lr == 0.05
+    dm = run.build_datamodule(cfg)
+    assert dm.mean == [0.5071, 0.4865, 0.4409] and dm.batch_size == 64
 
 
 def test_wrong_group_option_lists_valid_ones(make_cfg):

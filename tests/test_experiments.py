@@ -1,10 +1,12 @@
 """Every paper experiment composes; every *_cpu variant runs one epoch on generated data."""
 import json
 
+import lightning as L
 import pytest
 
 import daqkd.run as run
 from daqkd.config import config_dir, validate_config
+from daqkd.quant import quant_layers
 from fakedata import make_tiny_imagenet, write_cifar
 
 PAPER = sorted(p.stem for p in (config_dir() / "experiment").glob("paper_*.yaml") if not p.stem.endswith("_cpu"))
@@ -45,7 +47,25 @@ def test_cpu_variant_runs_one_epoch(make_cfg, tmp_path, fake_data, name):
         "dataset.datamodule.num_workers=0", "trainer.enable_progress_bar=false", fast=False,
     )
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.accelerator == "cpu"
-    results = run.train(cfg)
+    probe = TrainingProbe()
+    results = run.train(cfg, extra_callbacks=[probe])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["student"]["epochs"] == 1 and 0 <= saved["student"]["test_acc"] <= 1
-    assert len(saved["augment_scores"]) == 2 and results["config"]["model"]["name"] in name
+    assert saved["student"]["epochs"] == 1 and len(saved["augment_scores"]) == 2
+    # What the fit did: batches of the experiment's data set, a student of its bit width, weights that moved.
+    size = cfg.dataset.image_size
+    assert probe.shape[1:] == (3, size, size) and probe.shape[0] == cfg.dataset.datamodule.batch_size
+    assert probe.bits == (cfg.bits.w, cfg.bits.a) and probe.moved > 0
+    assert results["config"]["model"]["name"] in name
+
+
+class TrainingProbe(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        name, layer = list(quant_layers(pl_module.student))[1]  # an inner layer (first/last may be 8-bit)
+        self.layer, self.start = layer, layer.weight.detach().clone()
+        self.bits = (layer.weight_quantizer.bits, layer.act_quantizer.bits)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.__dict__.setdefault("shape", tuple(batch[0].shape))
+
+    def on_train_end(self, trainer, pl_module):
+        self.moved = float((self.layer.weight.detach() - self.start).abs().max())

@@ -215,7 +215,7 @@ def tiny_setup(tmp_path_factory):
     c = cfg()
     dm = run.build_datamodule(c)
     teacher = run.build_teacher(c, dm).model
-    batch = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_loader("minimal")))
     return cfg, dm, teacher, batch
 
 

@@ -186,7 +186,7 @@ def real_batch():
     dm = ImageDataModule("fashion_mnist", "/nonexistent", 10, 1, 28, [0.286], [0.353], train_subset=500,
                          val_size=100, batch_size=64, num_workers=0, source_options={"search_dirs": ["/usr/share/datasets/fashion-mnist"]})
     dm.setup()
-    return next(iter(dm.train_dataloader()))
+    return next(iter(dm.train_loader("minimal")))
 
 
 @pytest.mark.parametrize("name", list(ALL))

@@ -1,5 +1,5 @@
 """Data sets, sampling and the LightningDataModule."""
-from daqkd.data.datamodule import ImageDataModule, IndexedImages
+from daqkd.data.datamodule import ImageDataModule
 from daqkd.data.sampling import split_indices, stratified_indices
 from daqkd.data.sources import DatasetNotFoundError, ImageSet, load_image_sets, read_idx
 
@@ -7,7 +7,6 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageDataModule",
     "ImageSet",
-    "IndexedImages",
     "load_image_sets",
     "read_idx",
     "split_indices",

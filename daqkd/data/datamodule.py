@@ -1,5 +1,9 @@
 """The LightningDataModule: one data set, a seeded validation split carved from its training set,
-and a training pipeline whose DA can be swapped (the DA metric callback installs its pick)."""
+and loaders that all apply their DA through one ``AugmentPipeline`` definition.
+
+The training DA is installed once, by ``set_train_augment`` (the DA selection callback calls it
+before Lightning asks for the first loader); changing it after a training loader exists is an error.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,27 +12,13 @@ from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from daqkd.augment import Augmentation, BatchAugmentCollate, build_augmentation, sample_pipeline
+from daqkd.augment import AugmentedImages, AugmentPipeline, SeededSampler, build_augmentation, derive_seed
 from daqkd.data.sampling import split_indices, stratified_indices
 from daqkd.data.sources import load_image_sets
 
 log = logging.getLogger(__name__)
-
-
-class IndexedImages(Dataset):
-    """``images[indices[i]]`` through ``transform``; returns (float tensor [C, H, W], int label)."""
-
-    def __init__(self, source: ImageSet, indices: torch.Tensor, transform):
-        self.source, self.indices, self.transform = source, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        j = int(self.indices[i])
-        return self.transform(self.source.image(j)), int(self.source.targets[j])
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -66,7 +56,8 @@ class ImageDataModule(L.LightningDataModule):
         self.source_options = dict(source_options or {})
         self.augment_params = dict(augment_params or {})
         self.train_set = None  # an ImageSet (in memory) or ImageFiles (decoded per item) after setup()
-        self.train_augment: Augmentation = build_augmentation("minimal", num_classes)
+        self._train_augment: str | None = None
+        self._train_loader_built = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -90,67 +81,88 @@ class ImageDataModule(L.LightningDataModule):
             self.name, len(self.train_idx), len(self.val_idx), len(self.test_idx), shape,
         )
 
+    @property
+    def train_augment(self) -> str | None:
+        """The installed training DA (None until ``set_train_augment``)."""
+        return self._train_augment
+
     def set_train_augment(self, name: str) -> None:
-        """Train with DA ``name`` from now on (next ``train_dataloader()`` call)."""
-        self.train_augment = self.build_augment(name)
+        """Install the training DA. Once a training loader exists it cannot change: a DA swapped
+        under a built loader would be silently ignored (the loader keeps its pipeline)."""
+        self.pipeline(name)  # validates the name and its parameters now
+        if self._train_loader_built and name != self._train_augment:
+            raise RuntimeError(
+                f"the training DA cannot change from {self._train_augment!r} to {name!r}: a training loader "
+                "was already built with the old one. Install the DA before the Trainer asks for data."
+            )
+        self._train_augment = name
 
-    def build_augment(self, name: str) -> Augmentation:
-        return build_augmentation(name, self.num_classes, self.augment_params)
+    # ------------------------------------------------------------------ pipelines and loaders
 
-    # ------------------------------------------------------------------ pipelines
+    def pipeline(self, augment: str | None) -> AugmentPipeline:
+        """The training pipeline of DA ``augment`` (crop, flip, DA, normalise; batch DA after
+        collation), or the evaluation pipeline (normalise only) for ``None``."""
+        if augment is None:
+            return AugmentPipeline(build_augmentation("minimal", self.num_classes), self.mean, self.std)
+        aug = build_augmentation(augment, self.num_classes, self.augment_params)
+        return AugmentPipeline(aug, self.mean, self.std, self.image_size, self.padding, self.flip)
 
-    def train_transform(self, augment: Augmentation):
-        return sample_pipeline(augment.sample, self.mean, self.std, self.image_size, self.padding, self.flip)
-
-    def eval_transform(self):
-        return sample_pipeline(None, self.mean, self.std)
-
-    def _loader(self, dataset, batch_size, shuffle=False, drop_last=False, collate=None, generator=None):
+    def loader(self, source, indices: torch.Tensor, pipeline: AugmentPipeline, batch_size: int, seed: int,
+               stream: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+        """A loader over ``source[indices]`` through ``pipeline``; its draws follow (seed, stream, epoch)."""
         return DataLoader(
-            dataset,
+            AugmentedImages(source, indices, pipeline),
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=SeededSampler(len(indices), seed, stream, shuffle),
             drop_last=drop_last,
             num_workers=self.num_workers,
-            persistent_workers=False,
-            collate_fn=collate or BatchAugmentCollate(None),
-            generator=generator,
+            collate_fn=pipeline,
+            # The loader's own seed draw (worker base seeds) must not consume the global stream.
+            generator=torch.Generator().manual_seed(derive_seed(seed, stream, "loader")),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_loader(self, augment: str) -> DataLoader:
+        """Shuffled training batches under DA ``augment`` (does not install it)."""
         self.setup()
-        aug = self.train_augment
-        ds = IndexedImages(self.train_set, self.train_idx, self.train_transform(aug))
-        drop = len(ds) > self.batch_size
-        return self._loader(ds, self.batch_size, shuffle=True, drop_last=drop, collate=BatchAugmentCollate(aug.batch))
+        drop = len(self.train_idx) > self.batch_size
+        return self.loader(self.train_set, self.train_idx, self.pipeline(augment), self.batch_size, self.seed,
+                           "train", shuffle=True, drop_last=drop)
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train_augment is None:
+            raise RuntimeError("no training DA installed: call set_train_augment(name) first (the DA selection callback does)")
+        loader = self.train_loader(self._train_augment)
+        self._train_loader_built = True
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(IndexedImages(self.train_set, self.val_idx, self.eval_transform()), self.eval_batch_size)
+        return self.loader(self.train_set, self.val_idx, self.pipeline(None), self.eval_batch_size, self.seed, "val")
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(IndexedImages(self.test_set, self.test_idx, self.eval_transform()), self.eval_batch_size)
+        return self.loader(self.test_set, self.test_idx, self.pipeline(None), self.eval_batch_size, self.seed, "test")
 
-    def augment_loader(self, name: str, num_samples: int | None, batch_size: int, seed: int) -> DataLoader:
-        """A seeded, class-stratified subsample of the training split under DA ``name``, exactly as
-        training would apply it (base pipeline → DA → normalise, batch DA after collation).
-
-        Each ``iter()`` draws fresh augmentations; the sequence of draws is fixed by ``seed``.
-        """
+    def metric_indices(self, num_samples: int | None, seed: int) -> torch.Tensor:
+        """The DA metric's images: a class-stratified subsample of the training split fixed by
+        ``seed`` alone, so every candidate is scored on the same images."""
         self.setup()
         idx = self.train_idx
         if num_samples is not None and num_samples < len(idx):
             idx = idx[stratified_indices(self.train_set.targets[idx], num_samples, seed)]
-        aug = self.build_augment(name)
-        ds = IndexedImages(self.train_set, idx, self.train_transform(aug))
-        gen = torch.Generator().manual_seed(seed)
-        return self._loader(ds, batch_size, collate=BatchAugmentCollate(aug.batch), generator=gen)
+        return idx
+
+    def augment_loader(self, name: str, num_samples: int | None, batch_size: int, seed: int) -> DataLoader:
+        """The metric's images under DA ``name``, exactly as training applies it (the same
+        ``AugmentPipeline``). Each ``iter()`` is a new epoch of draws: pass 1 and pass 2 differ,
+        and the draws depend on ``seed`` and the pass, not on the candidate's position."""
+        idx = self.metric_indices(num_samples, seed)
+        return self.loader(self.train_set, idx, self.pipeline(name), batch_size, seed, "metric")
 
     def calibration_batch(self, size: int) -> torch.Tensor:
         """``size`` clean, normalised training images (stratified, fixed by the seed)."""
         self.setup()
         size = min(size, len(self.train_idx))
         idx = self.train_idx[stratified_indices(self.train_set.targets[self.train_idx], size, self.seed + 3)]
-        tf = self.eval_transform()
+        tf = self.pipeline(None).per_image
         return torch.stack([tf(self.train_set.image(int(j))) for j in idx])

@@ -1,4 +1,9 @@
-"""DAMetricCallback: score candidate DAs with the teacher before fitting and install the best."""
+"""DAMetricCallback: decide the training DA before Lightning builds any loader, and install it.
+
+Lightning builds the training loader while it sets up the strategy (to count the steps for the
+schedule), before any ``on_fit_start``. The callback therefore decides in ``setup``, which runs
+first, and it is the one place that installs the training DA (``datamodule.set_train_augment``).
+"""
 from __future__ import annotations
 
 import csv
@@ -7,10 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from daqkd.metric.scoring import AugmentScore, format_ranking, score_augmentation
+from daqkd.io import read_checkpoint
+from daqkd.metric.scoring import Selection, format_ranking, score_augmentations, select_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -18,59 +23,78 @@ SCORE_FIELDS = ["name", "m", "dev", "cmi", "teacher_acc", "teacher_ce", "num_sam
 
 
 class DAMetricCallback(L.Callback):
-    """At ``on_fit_start``: score every candidate with M = DEV − CMI (METHOD.md §1) using
-    ``pl_module.teacher``, log a ranking, pick argmin M (or keep ``fixed``, when given) and call
-    ``trainer.datamodule.set_train_augment``. The choice and the scores are saved in checkpoints,
-    so a resumed run trains with the same DA without scoring again.
+    """Decides the training DA in ``setup("fit")`` and installs it in the datamodule:
+
+    - resuming (``resume_from`` is the checkpoint): the DA saved in it, without scoring again;
+    - otherwise every candidate is scored with the teacher (M = DEV − CMI, METHOD.md §1), the
+      ranking is logged, and the DA is ``fixed`` when given, else argmin M.
+
+    ``candidates`` may be empty with a ``fixed`` DA (nothing is scored). Under several processes
+    only rank 0 scores, and its decision is broadcast, so every rank trains with the same DA.
     """
 
     def __init__(
         self,
         candidates: Sequence[str],
+        fixed: str | None = None,
         num_samples: int | None = 2000,
         batch_size: int = 500,
         seed: int = 0,
-        fixed: str | None = None,
         output_dir: str | None = None,
+        resume_from: str | None = None,
     ):
-        if not candidates:
-            raise ValueError("DAMetricCallback needs at least one candidate augmentation")
-        if fixed is not None and fixed not in candidates:
-            candidates = [*candidates, fixed]
+        if not candidates and fixed is None:
+            raise ValueError("DAMetricCallback needs candidates to score or a fixed DA")
         self.candidates = list(dict.fromkeys(candidates))
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.fixed, self.output_dir = fixed, output_dir
-        self.scores: list[AugmentScore] = []
-        self.selected: str | None = None
+        self.fixed, self.output_dir, self.resume_from = fixed, output_dir, resume_from
+        self.selection: Selection | None = None
 
-    def score_all(self, teacher, datamodule, num_classes: int, device) -> list[AugmentScore]:
-        scores = []
-        for i, name in enumerate(self.candidates):
-            # Each candidate's draws depend only on (seed, its position), not on what ran before.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + i)
-                loader = datamodule.augment_loader(name, self.num_samples, self.batch_size, self.seed + i)
-                s = score_augmentation(name, teacher, loader, num_classes, device)
-            log.info("DA metric: %-22s M=%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", name, s.m, s.dev, s.cmi, s.seconds)
-            scores.append(s)
-        return scores
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.selection is None:
+            self.selection = self._restore() if self.resume_from else self._decide(trainer, pl_module)
+        trainer.datamodule.set_train_augment(self.selection.selected)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        if self.selected is None:
-            self.scores = self.score_all(pl_module.teacher, dm, dm.num_classes, pl_module.device)
-            self.selected = self.fixed or min(self.scores, key=lambda s: s.m).name
-            self._report(trainer)
-        else:
-            log.info("DA metric: restored from checkpoint, training with %s", self.selected)
-        dm.set_train_augment(self.selected)
+    def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Selection:
+        selection = None
+        if trainer.is_global_zero:
+            dm = trainer.datamodule
+            device = trainer.strategy.root_device
+            teacher = pl_module.teacher.to(device)
+            scores = score_augmentations(teacher, dm, self.candidates, self.num_samples, self.batch_size, self.seed, device)
+            if self.fixed is not None:
+                selection = Selection(self.fixed, "fixed", scores)
+            else:
+                selection = Selection(select_augmentation(scores), "argmin M", scores)
+            self._report(trainer, selection)
+        return trainer.strategy.broadcast(selection, src=0)
 
-    def _report(self, trainer: L.Trainer) -> None:
-        table = format_ranking(self.scores, self.selected)
-        how = "fixed by config" if self.fixed else "argmin M"
-        log.info("DA ranking (lower M is better; %s):\n%s", how, table)
-        rows = [s.as_dict() for s in sorted(self.scores, key=lambda s: s.m)]
-        if self.output_dir:
+    def _restore(self) -> Selection:
+        checkpoint = read_checkpoint(self.resume_from)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not state or not state.get("selected"):
+            raise RuntimeError(
+                f"{self.resume_from} holds no DA selection ({self.state_key}); it was not written by this "
+                "version of daqkd. Start the run afresh (ckpt_path=null)."
+            )
+        selection = Selection.from_dict(state)
+        if self.fixed is not None and selection.selected != self.fixed:
+            raise RuntimeError(
+                f"{self.resume_from} trained with augment={selection.selected}, but this run asks for "
+                f"augment={self.fixed}; a resumed run keeps its DA. Resume with augment={selection.selected}, "
+                "or start afresh in a new folder."
+            )
+        log.info("DA: restored from %s, training with %s (%s)", self.resume_from, selection.selected, selection.how)
+        return selection
+
+    def _report(self, trainer: L.Trainer, selection: Selection) -> None:
+        if selection.scores:
+            log.info("DA ranking (lower M is better):\n%s", format_ranking(selection.scores, selection.selected))
+        log.info("DA: training with %s (%s)", selection.selected, selection.how)
+        rows = [s.as_dict() for s in sorted(selection.scores, key=lambda s: s.m)]
+        if self.output_dir and rows:
             path = Path(self.output_dir) / "augment_scores.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", newline="") as f:
@@ -78,14 +102,19 @@ class DAMetricCallback(L.Callback):
                 writer.writeheader()
                 writer.writerows({k: r[k] for k in SCORE_FIELDS} for r in rows)
         for logger in trainer.loggers:
-            metrics = {f"augment/{r['name']}/{k}": r[k] for r in rows for k in ("m", "dev", "cmi", "teacher_acc")}
-            logger.log_metrics(metrics, step=0)
-            if isinstance(logger, WandbLogger):
+            if rows:
+                metrics = {f"augment/{r['name']}/{k}": r[k] for r in rows for k in ("m", "dev", "cmi", "teacher_acc")}
+                logger.log_metrics(metrics, step=0)
+            if isinstance(logger, WandbLogger) and rows:
                 logger.log_table("augment_scores", columns=SCORE_FIELDS, data=[[r[k] for k in SCORE_FIELDS] for r in rows])
 
     def state_dict(self) -> dict:
-        return {"selected": self.selected, "scores": [s.as_dict() for s in self.scores]}
+        return self.selection.as_dict() if self.selection else {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.selected = state_dict.get("selected")
-        self.scores = [AugmentScore(**s) for s in state_dict.get("scores", [])]
+        # setup() ran first and installed the DA from the same checkpoint; a mismatch would mean
+        # the loader and the record disagree, which must never pass silently.
+        if self.selection is not None and state_dict.get("selected") not in (None, self.selection.selected):
+            raise RuntimeError(
+                f"checkpoint DA {state_dict.get('selected')!r} differs from the installed {self.selection.selected!r}"
+            )

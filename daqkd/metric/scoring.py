@@ -1,15 +1,18 @@
 """Streaming, two-pass scoring of candidate DAs with a frozen teacher (plain torch, no Lightning)."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from daqkd.metric.core import EPS, cmi_sum, label_deviation, prototype_sums, prototypes_from_sums, soft_targets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +78,53 @@ def score_augmentation(
         name=name, cmi=cmi, dev=dev, m=dev - cmi, teacher_acc=correct / n, teacher_ce=ce / n,
         num_samples=n, seconds=time.perf_counter() - start,
     )
+
+
+def score_augmentations(
+    teacher: nn.Module,
+    datamodule,
+    candidates: Sequence[str],
+    num_samples: int | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> list[AugmentScore]:
+    """Score every candidate DA with the teacher (METHOD.md §1), in order.
+
+    Every candidate sees the same class-stratified images (fixed by ``seed``), through the same
+    pipeline training uses (``datamodule.augment_loader``); only the DA's own draws differ.
+    """
+    scores = []
+    for name in candidates:
+        loader = datamodule.augment_loader(name, num_samples, batch_size, seed)
+        s = score_augmentation(name, teacher, loader, datamodule.num_classes, device)
+        log.info("DA metric: %-22s M=%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", name, s.m, s.dev, s.cmi, s.seconds)
+        scores.append(s)
+    return scores
+
+
+@dataclass
+class Selection:
+    """The training DA and how it was decided: "argmin M" over ``scores``, "fixed" by the config,
+    or "restored" from a checkpoint."""
+
+    selected: str
+    how: str
+    scores: list[AugmentScore]
+
+    def as_dict(self) -> dict:
+        return {"selected": self.selected, "how": self.how, "scores": [s.as_dict() for s in self.scores]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Selection":
+        return cls(d["selected"], d["how"], [AugmentScore(**s) for s in d["scores"]])
+
+
+def select_augmentation(scores: Sequence[AugmentScore]) -> str:
+    """argmin M (ties: the first candidate)."""
+    if not scores:
+        raise ValueError("no scored candidates to select from")
+    return min(scores, key=lambda s: s.m).name
 
 
 def format_ranking(scores: list[AugmentScore], selected: str | None = None) -> str:

@@ -24,6 +24,7 @@ class EWGSDeltaCallback(L.Callback):
         if not ewgs_quantizers(pl_module.student):
             return
         loader = trainer.datamodule.train_dataloader()
+        loader.sampler.set_epoch(trainer.current_epoch)  # this epoch's first batches, as training draws them
         batches = [move_data_to_device(b, pl_module.device) for b in itertools.islice(loader, self.num_batches)]
         gen = torch.Generator().manual_seed(self.seed + trainer.current_epoch)
         # The whole module in eval mode: the estimate must not change training state (BN statistics,
