@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.daqkd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ run: data
 
 test: data
 	$(PY) -m pytest -q $(ARGS)
+
+# Everything but what trains (the `slow` marker): a minute.
+test-fast: data
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check daqkd tests
 
 bench: data
 	$(PY) -m daqkd.bench $(ARGS)

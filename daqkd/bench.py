@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -25,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.augment import PAPER_POOL, build_augmentation, sample_pipeline
-from daqkd.kd import DistillationLoss
+from daqkd.kd import cross_entropy, kd_kl
 from daqkd.models import create_model
-from daqkd.quant import EWGSQuantizer, calibrate, estimate_ewgs_deltas, quantize_model, quantizer_parameters
+from daqkd.quant import EWGSQuantizer, calibrate, estimate_ewgs_deltas, quantize_model
 from daqkd.quant.ewgs import ewgs_round
 
 
@@ -54,7 +55,6 @@ def qat_step_figures(repeat: int) -> dict:
     torch.manual_seed(0)
     teacher = create_model("resnet20", 10, 1).eval()
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    loss_fn = DistillationLoss()
 
     def make_step(student):
         opt = torch.optim.Adam(student.parameters(), 1e-3)
@@ -62,7 +62,8 @@ def qat_step_figures(repeat: int) -> dict:
         def step():
             with torch.no_grad():
                 zt = teacher(x)
-            loss, _ = loss_fn(student(x), zt, y)
+            z = student(x)
+            loss = cross_entropy(z, y) + 2 * kd_kl(z, zt, 4.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -72,8 +73,8 @@ def qat_step_figures(repeat: int) -> dict:
     students = {}
     for name, cls in (("fused", EWGSQuantizer), ("reference", ReferenceEWGS)):
         torch.manual_seed(0)
-        s = quantize_model(copy.deepcopy(teacher).train(), lambda **kw: cls(delta_mode="fixed", **kw),
-                           lambda **kw: cls(delta_mode="fixed", **kw), 2, 2, "fp", True)
+        factory = functools.partial(cls, delta_mode="fixed")
+        s = quantize_model(copy.deepcopy(teacher).train(), factory, factory, 2, 2, "fp", True)
         calibrate(s, x)
         students[name] = s
     fp = copy.deepcopy(teacher).train()
@@ -81,7 +82,8 @@ def qat_step_figures(repeat: int) -> dict:
     t["fp"] = timed(make_step(fp), repeat)
     batches = [(x, y)] * 3
     s = students["fused"]
-    delta_s = timed(lambda: estimate_ewgs_deltas(s, lambda b: F.cross_entropy(s(b[0]), b[1]), batches, torch.Generator().manual_seed(0)), max(1, repeat // 5))
+    gen = torch.Generator().manual_seed(0)
+    delta_s = timed(lambda: estimate_ewgs_deltas(s, lambda b: F.cross_entropy(s(b[0]), b[1]), batches, gen), max(1, repeat // 5))
     return {
         "qat_step": {
             "fused_ms": 1000 * t["fused"], "reference_ms": 1000 * t["reference"], "fp_kd_step_ms": 1000 * t["fp"],
@@ -111,17 +113,17 @@ def augment_figures(n: int) -> dict:
 def scoring_and_stability(step_seconds: float, sizes: list[int]) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from daqkd import run
+    from daqkd import build
     from daqkd.config import config_dir
     from daqkd.metric.scoring import score_augmentations
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["paths.output_dir=."])
-    dm = run.build_datamodule(cfg)
+    dm = build.build_datamodule(cfg)
     dm.setup()
     cache = Path(cfg.paths.cache_dir) / "teachers"
     cached = sorted(cache.glob(f"{cfg.dataset.name}_{cfg.model.name}_*.pt")) if cache.is_dir() else []
-    teacher = run.build_model(cfg)
+    teacher = build.build_model(cfg)
     source = "random init (no cached teacher: run `make run` first for the stability figures)"
     if cached:
         from daqkd.io import load_weights

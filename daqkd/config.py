@@ -1,13 +1,17 @@
 """Where the configs live, and the checks that reject a bad config before any work starts."""
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig
 
 from daqkd.augment import available_augments, build_augmentation
-from daqkd.quant.base import ALLOWED_BITS
+from daqkd.quant import check_bits, check_first_last
 
 
 class ConfigError(ValueError):
@@ -26,7 +30,7 @@ def config_dir() -> Path:
 # Config groups whose option names are numbers (conf/bits/2.yaml ...). Hydra's override parser
 # reads `bits=2` as the integer 2 and rejects it as a group choice; these groups get quoted.
 NUMERIC_GROUPS = ("bits",)
-_NUMERIC_CHOICE = re.compile(r"^(?P<key>[+~]?(?:%s))=(?P<vals>\d+(?:,\d+)*)$" % "|".join(NUMERIC_GROUPS))
+_NUMERIC_CHOICE = re.compile(rf"^(?P<key>[+~]?(?:{'|'.join(NUMERIC_GROUPS)}))=(?P<vals>\d+(?:,\d+)*)$")
 
 
 def normalize_overrides(overrides: list[str]) -> list[str]:
@@ -39,15 +43,60 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+# Keys Hydra reads in a `_target_` block itself.
+_HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _parameters(fn: Callable) -> tuple[list[str], bool]:
+    """(named parameters, whether it takes **kwargs) of a callable or a class's constructor."""
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_keys(given: list[str], fn: Callable, where: str) -> None:
+    """A ConfigError when ``given`` holds a key that ``fn`` does not take, naming the allowed keys."""
+    names, open_ended = _parameters(fn)
+    unknown = [] if open_ended else [k for k in given if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not a parameter of {getattr(fn, '__qualname__', fn)}; allowed keys: "
+            f"{', '.join(names) or '(none)'}. Fix the spelling, e.g. {where}.{names[0] if names else '...'}=..."
+        )
+
+
+def _target_blocks(node: Any, path: str):
+    """Every (path, block) with a `_target_` below ``node``."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            child = node._get_node(key)
+            yield from _target_blocks(child if isinstance(child, (DictConfig, ListConfig)) else None, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            yield from _target_blocks(child, f"{path}[{i}]")
+
+
+def check_target_blocks(cfg: DictConfig) -> None:
+    """Every `_target_` block names keys its target takes (a misspelt key fails here, not hours in)."""
+    for path, block in _target_blocks(cfg, ""):
+        try:
+            target = get_object(str(block._target_))
+        except Exception as e:
+            raise ConfigError(f"{path}._target_={block._target_} cannot be imported ({e}); check the spelling") from e
+        given = [str(k) for k in block if k not in _HYDRA_KEYS]
+        check_keys(given, target, path)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the key, the value and what is allowed."""
-    for key in ("w", "a"):
-        value = cfg.bits[key]
-        if value not in ALLOWED_BITS:
-            raise ConfigError(
-                f"bits.{key}={value} is not supported; allowed: {', '.join(map(str, ALLOWED_BITS))} "
-                "(32 = full precision), e.g. bits=4 or bits.w=2 bits.a=4"
-            )
+    try:
+        check_bits(cfg.bits.w, "bits.w")
+        check_bits(cfg.bits.a, "bits.a")
+        check_first_last(cfg.quantizer.first_last)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     names = list(cfg.augment.pool or [])
     if cfg.augment.name != "auto":
         names.append(cfg.augment.name)
@@ -64,9 +113,8 @@ def validate_config(cfg: DictConfig) -> None:
             f"metric.num_samples={n} is below the number of classes ({cfg.dataset.num_classes}); every class "
             "needs samples for its prototype. Use at least 10 per class, or null for the whole training split."
         )
-    if cfg.kd.beta > 0 and cfg.kd.get("feature") is None:
-        raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a feature loss, but kd={cfg.kd.name} has none; choose a feature method (kd=at, crd, ...)")
-    if cfg.quantizer.first_last not in ("fp", "int8", "same"):
-        raise ConfigError(f"quantizer.first_last={cfg.quantizer.first_last!r}; expected fp, int8 or same")
+    if cfg.kd.beta > 0 and cfg.kd.get("method") is None:
+        raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a KD method, but kd={cfg.kd.name} has none; choose one (kd=at, crd, dkd, ...)")
     if cfg.ckpt_path not in (None, "last") and not Path(str(cfg.ckpt_path)).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file, or 'last' with the run's hydra.run.dir")
+    check_target_blocks(cfg)

@@ -15,8 +15,9 @@ import math
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Short names for the fields people group by; anything else is a dotted path into results.json.
 FIELDS: dict[str, Callable[[dict], Any]] = {

@@ -1,15 +1,16 @@
 """The full-precision teacher: use a given checkpoint, else a cached one, else train and cache it.
 
-    python -m daqkd.teacher dataset=fashion_mnist model=resnet20   # train and cache a teacher alone
+A library: the command that trains a teacher alone is ``python -m daqkd.train_teacher``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,17 +19,27 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from daqkd.io import CheckpointError, atomic_torch_save, load_weights
+from daqkd.torchutil import eval_mode, hard_labels
 
 log = logging.getLogger(__name__)
 
 
-class TeacherModule(L.LightningModule):
-    """Plain FP training with CE, SGD with momentum and a per-step cosine schedule (METHOD.md §3)."""
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """FP training: SGD with momentum, a per-step cosine schedule, CE (METHOD.md §3).
+    The values come from conf/teacher/ (tuned per data set in conf/dataset/); there are no defaults here."""
 
-    def __init__(self, model: nn.Module, num_classes: int, lr: float, momentum: float, weight_decay: float, nesterov: bool = True):
+    max_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+
+
+class TeacherModule(L.LightningModule):
+    def __init__(self, model: nn.Module, num_classes: int, recipe: TeacherRecipe):
         super().__init__()
-        self.model = model
-        self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
+        self.model, self.recipe = model, recipe
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def training_step(self, batch, batch_idx):
@@ -37,33 +48,28 @@ class TeacherModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"teacher training: loss is {loss.item()} at step {self.global_step}; lower teacher.lr")
-        self.train_acc(logits.detach(), y.argmax(1) if y.ndim == 2 else y)
+        self.train_acc(logits.detach(), hard_labels(y))
         self.log("teacher/loss", loss, prog_bar=True)
         self.log("teacher/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.SGD(
-            self.model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov
-        )
+        r = self.recipe
+        opt = torch.optim.SGD(self.model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy of ``model`` (put in eval mode, then restored) over ``loader``."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy of ``model`` (in eval mode, then restored) over ``loader``."""
     correct = total = 0
-    try:
+    with eval_mode(model):
         for x, y in loader:
             pred = model(x.to(device)).argmax(1).cpu()
-            y = y.argmax(1) if y.ndim == 2 else y
+            y = hard_labels(y)
             correct += int((pred == y).sum())
             total += len(y)
-    finally:
-        model.train(was_training)
     return correct / max(total, 1)
 
 
@@ -85,7 +91,7 @@ def resolve_teacher(
     build_model: Callable[[], nn.Module],
     datamodule,
     identity: Mapping[str, Any],
-    recipe: Mapping[str, Any],
+    recipe: TeacherRecipe,
     cache_dir: str | Path,
     ckpt: str | None = None,
     retrain: bool = False,
@@ -94,15 +100,15 @@ def resolve_teacher(
     """The FP teacher for this run, in eval mode, with its test accuracy.
 
     Order: ``ckpt`` if given; else ``cache_dir/teachers/<dataset>_<model>_<hash>.pt`` keyed by
-    ``identity``; else train with ``recipe`` (lr, momentum, weight_decay, nesterov, max_epochs) and
-    write the cache atomically. A corrupt cache file is moved aside and the teacher retrained.
+    ``identity`` and ``recipe``; else train with ``recipe`` and write the cache atomically.
+    A corrupt cache file is moved aside and the teacher retrained.
     """
     model = build_model()
     if ckpt:
         load_weights(model, ckpt)
         path, source = Path(ckpt).expanduser(), "given"
     else:
-        key = cache_key({**identity, "recipe": dict(recipe)})
+        key = cache_key({**identity, "recipe": asdict(recipe)})
         path = Path(cache_dir).expanduser() / "teachers" / f"{identity['dataset']}_{identity['model']}_{key}.pt"
         source = "cache"
         if path.is_file() and not retrain:
@@ -119,7 +125,7 @@ def resolve_teacher(
             source = "trained"
         if source == "trained":
             train_teacher(model, datamodule, recipe, trainer_kwargs or {})
-            atomic_torch_save({"state_dict": model.state_dict(), "identity": dict(identity), "recipe": dict(recipe)}, path)
+            atomic_torch_save({"state_dict": model.state_dict(), "identity": dict(identity), "recipe": asdict(recipe)}, path)
             log.info("teacher: trained and cached at %s", path)
     datamodule.setup()
     acc = evaluate_accuracy(model, datamodule.test_dataloader())
@@ -127,39 +133,11 @@ def resolve_teacher(
     return TeacherInfo(model=model, ckpt=str(path), test_acc=acc, source=source)
 
 
-def train_teacher(model: nn.Module, datamodule, recipe: Mapping[str, Any], trainer_kwargs: Mapping[str, Any]) -> nn.Module:
+def train_teacher(model: nn.Module, datamodule, recipe: TeacherRecipe, trainer_kwargs: Mapping[str, Any]) -> nn.Module:
     """Train ``model`` in full precision on the datamodule's training split with the minimal DA."""
-    module = TeacherModule(
-        model, datamodule.num_classes, lr=recipe["lr"], momentum=recipe.get("momentum", 0.9),
-        weight_decay=recipe.get("weight_decay", 5e-4), nesterov=recipe.get("nesterov", True),
-    )
+    module = TeacherModule(model, datamodule.num_classes, recipe)
     kw = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
-    kw["max_epochs"] = recipe["max_epochs"]
-    log.info("teacher: training for %d epochs", recipe["max_epochs"])
+    kw["max_epochs"] = recipe.max_epochs
+    log.info("teacher: training for %d epochs", recipe.max_epochs)
     L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_loader("minimal"))
     return model
-
-
-def main() -> None:
-    """``python -m daqkd.teacher [overrides]``: resolve (train and cache) the teacher alone."""
-    import sys
-
-    import hydra
-
-    from daqkd import run
-    from daqkd.config import config_dir, normalize_overrides
-
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-    def _main(cfg) -> float:
-        L.seed_everything(cfg.seed, workers=True)
-        dm = run.build_datamodule(cfg)
-        info = run.build_teacher(cfg, dm)
-        log.info("Teacher %s/%s (%s): %s, test accuracy %.4f", cfg.dataset.name, cfg.model.name, info.source, info.ckpt, info.test_acc)
-        return info.test_acc
-
-    sys.argv[1:] = normalize_overrides(sys.argv[1:]) + ["task_name=teacher"]
-    _main()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,25 @@
-"""Shared fixtures: Hydra configs composed with the real conf/ tree, redirected into tmp folders."""
+"""Shared fixtures: Hydra configs composed with the real conf/ tree (outputs redirected into tmp
+folders), datamodules, a trained smoke teacher, a real batch, and the module a run builds."""
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from daqkd import build
 from daqkd.config import config_dir, normalize_overrides
+from daqkd.data import ImageDataModule
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def compose_cfg(root, cache, *overrides: str, fast: bool = True) -> DictConfig:
+    base = [f"paths.root_dir={root}", f"paths.output_dir={root}/out", f"paths.cache_dir={cache}"]
+    if fast:
+        base.insert(0, "debug=fast")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=normalize_overrides([*base, *overrides]))
 
 
 @pytest.fixture(scope="session")
@@ -16,17 +30,73 @@ def teacher_cache(tmp_path_factory):
 
 @pytest.fixture
 def make_cfg(tmp_path, teacher_cache):
-    """make_cfg(*overrides) -> composed config (debug=fast, all outputs under tmp_path)."""
+    """make_cfg(*overrides, fast=True) -> composed config (debug=fast unless fast=False; outputs under tmp_path)."""
+    return lambda *overrides, fast=True: compose_cfg(tmp_path, teacher_cache, *overrides, fast=fast)
 
-    def make(*overrides: str, fast: bool = True) -> DictConfig:
-        base = [
-            f"paths.root_dir={tmp_path}",
-            f"paths.output_dir={tmp_path}/out",
-            f"paths.cache_dir={teacher_cache}",
-        ]
-        if fast:
-            base.insert(0, "debug=fast")
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return compose("config", overrides=normalize_overrides([*base, *overrides]))
+
+@pytest.fixture(scope="session")
+def session_cfg(tmp_path_factory, teacher_cache):
+    """Like make_cfg, for session- and module-scoped fixtures."""
+    root = tmp_path_factory.mktemp("session")
+    return lambda *overrides, fast=True: compose_cfg(root, teacher_cache, *overrides, fast=fast)
+
+
+@pytest.fixture(scope="session")
+def fast_teacher(session_cfg):
+    """The debug=fast teacher (one epoch on 512 images), trained once per session and cached."""
+    cfg = session_cfg()
+    return build.build_teacher(cfg, build.build_datamodule(cfg)).model
+
+
+@pytest.fixture(scope="session")
+def fmnist_batch(session_cfg):
+    """The first training batch of debug=fast under the minimal DA: 64 real Fashion-MNIST images."""
+    return next(iter(build.build_datamodule(session_cfg()).train_loader("minimal")))
+
+
+@pytest.fixture
+def make_module():
+    """make_module(cfg, teacher=None) -> (datamodule, QATKDModule) exactly as run.train builds them
+    (a random teacher unless one is given)."""
+
+    def make(cfg, teacher=None):
+        dm = build.build_datamodule(cfg)
+        torch.manual_seed(0)
+        teacher = teacher if teacher is not None else build.build_model(cfg).eval()
+        student = build.build_student(cfg, teacher, dm)
+        return dm, build.build_module(cfg, student, teacher, dm)
 
     return make
+
+
+@pytest.fixture
+def make_datamodule():
+    """make_datamodule(name, root, num_classes, in_channels, image_size, **overrides): an ImageDataModule
+    with small test-friendly settings (no workers, small batches)."""
+
+    def make(name, root, num_classes, in_channels, image_size, **kw):
+        settings = dict(mean=[0.5] * in_channels, std=[0.25] * in_channels, padding=2, flip=True, val_size=10,
+                        batch_size=8, eval_batch_size=16, num_workers=0, seed=0)
+        settings.update(kw)
+        return ImageDataModule(name, str(root), num_classes, in_channels, image_size, **settings)
+
+    return make
+
+
+@pytest.fixture
+def first_train_batch():
+    """first_train_batch(cfg, augment) -> the first training batch the config's datamodule makes under ``augment``."""
+    return lambda cfg, augment: next(iter(build.build_datamodule(cfg).train_loader(augment)))
+
+
+@pytest.fixture
+def inner_conv_grad():
+    """inner_conv_grad(module, batch) -> the gradient of the training loss on an inner student conv (layer2.0.conv1)."""
+
+    def grad(module, batch):
+        module.student.zero_grad()
+        loss, _, _ = module.compute_loss(batch)
+        loss.backward()
+        return module.student.layer2[0].conv1.weight.grad.clone()
+
+    return grad

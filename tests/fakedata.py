@@ -1,5 +1,7 @@
 """Small data sets written in the real on-disk formats, shared by the tests."""
+import gzip
 import pickle
+import struct
 
 import numpy as np
 from PIL import Image
@@ -41,3 +43,21 @@ def make_tiny_imagenet(root, classes=4, per_class=3, val=8):
         lines.append(f"val_{k}.JPEG\t{wnids[(k * 3) % classes]}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return wnids
+
+
+def write_idx(path, array, compress=True):
+    """An IDX file (the MNIST format): magic, dimensions, then the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_fmnist(folder, n_train=40, n_test=20, compress=True):
+    """The four Fashion-MNIST IDX files, random pixels, labels cycling through the 10 classes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if compress else ""
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n, 28, 28)), compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{sfx}", np.arange(n) % 10, compress)

@@ -1,4 +1,4 @@
-"""`make bench` runs end to end and writes the figures it promises (no timing assertions here)."""
+"""`make bench` runs end to end and writes the figures it promises (daqkd/bench.py)."""
 import json
 
 import pytest

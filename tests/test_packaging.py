@@ -1,14 +1,14 @@
-"""The configs ship inside the wheel, so `python -m daqkd.run` works outside a checkout."""
+"""The configs ship inside the wheel; no project file is git-ignored (pyproject.toml)."""
+import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
@@ -16,11 +16,19 @@ def test_every_subpackage_is_listed_in_pyproject():
     assert "daqkd.quant" in on_disk
     assert on_disk <= listed, f"add to pyproject's packages: {sorted(on_disk - listed)}"
 
-
 @pytest.mark.slow
 def test_wheel_carries_the_configs(tmp_path):
+    # Built from a copy of the tracked tree: an in-tree build/ left by an earlier build would leak stale files.
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    for rel in tracked or [str(p.relative_to(REPO)) for d in ("daqkd", "conf") for p in (REPO / d).rglob("*") if p.is_file()]:
+        if (REPO / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, src / rel)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, timeout=300,
     )
     wheel = next(tmp_path.glob("daqkd-*.whl"))
@@ -36,7 +44,6 @@ def test_wheel_carries_the_configs(tmp_path):
     )
     assert probe.returncode == 0, probe.stderr
     assert Path(probe.stdout.strip()) == site / "daqkd" / "conf"
-
 
 def test_no_source_file_is_git_ignored():
     """An unanchored pattern in .gitignore once hid daqkd/data/ from every clone."""

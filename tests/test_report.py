@@ -1,4 +1,4 @@
-"""The sweep report: pivot tables, mean ± std over seeds, and Spearman's ρ."""
+"""The sweep report (daqkd/report.py)."""
 import json
 
 import pytest
@@ -12,7 +12,6 @@ def test_spearman_by_hand():
     # ranks x = [0,1,2,3], y = [1,0,3,2]: d² = 1+1+1+1 = 4, ρ = 1 − 6·4/(4·15) = 0.6
     assert spearman([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
 
-
 def fake_run(folder, quantizer, bits, seed, acc, augment="minimal", m=0.0):
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({
@@ -23,7 +22,6 @@ def fake_run(folder, quantizer, bits, seed, acc, augment="minimal", m=0.0):
         "config": {"seed": seed, "augment": {"name": augment}, "kd": {"name": "kd"},
                    "dataset": {"name": "fashion_mnist"}, "model": {"name": "resnet20"}},
     }))
-
 
 def test_report_pivots_means_and_correlation(tmp_path, capsys):
     sweep = tmp_path / "sweep"
@@ -36,7 +34,6 @@ def test_report_pivots_means_and_correlation(tmp_path, capsys):
     assert "| pact | – | 85.00 |" in out
     assert "Spearman ρ(M, test accuracy) over 3 fixed-DA runs: -1.000" in out
     assert (sweep / "report.md").is_file() and (sweep / "report.csv").read_text().startswith("quantizer,bits,mean")
-
 
 def test_report_says_when_nothing_is_there(tmp_path, capsys):
     (tmp_path / "empty").mkdir()

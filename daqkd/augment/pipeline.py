@@ -12,7 +12,7 @@ passes) draw afresh, and two DAs scored with the same seed start from the same b
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate

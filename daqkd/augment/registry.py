@@ -9,8 +9,9 @@ Names compose with ``+``: ``trivialaugment+cutmix`` is TrivialAugment per image,
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import v2

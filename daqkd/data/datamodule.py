@@ -7,8 +7,9 @@ before Lightning asks for the first loader); changing it after a training loader
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from daqkd.augment import AugmentedImages, AugmentPipeline, SeededSampler, build_augmentation, derive_seed
 from daqkd.data.sampling import split_indices, stratified_indices
-from daqkd.data.sources import load_image_sets
+from daqkd.data.sources import check_source_options, load_image_sets
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,22 @@ class ImageDataModule(L.LightningDataModule):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        padding: int = 4,
-        flip: bool = True,
-        val_size: int = 5000,
+        *,
+        padding: int,
+        flip: bool,
+        val_size: int,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        seed: int,
         train_subset: int | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int = 512,
-        num_workers: int = 2,
-        seed: int = 0,
+        test_subset: int | None = None,
         download: bool = False,
         source_options: Mapping[str, Any] | None = None,
         augment_params: Mapping[str, Mapping[str, Any]] | None = None,
-        test_subset: int | None = None,
     ):
+        """The values come from conf/base/datamodule.yaml and the data set's file (the one source of
+        defaults); ``None`` subsets mean the whole split."""
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(f"dataset {name}: mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
@@ -54,6 +58,7 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.seed, self.download = seed, download
         self.source_options = dict(source_options or {})
+        check_source_options(name, self.source_options)
         self.augment_params = dict(augment_params or {})
         self.train_set = None  # an ImageSet (in memory) or ImageFiles (decoded per item) after setup()
         self._train_augment: str | None = None

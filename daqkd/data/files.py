@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from daqkd.data.sampling import split_indices
+from daqkd.data.sources import register_source
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
@@ -84,7 +85,8 @@ TINY_LAYOUT = (
 )
 
 
-def load_tiny_imagenet(root: Path, download: bool = False, image_size: int = 64, verify: bool = True, **_):
+@register_source("tinyimagenet")
+def load_tiny_imagenet(root: Path, download: bool = False, image_size: int = 64, verify: bool = True):
     """Train: 500 images per class; test: the official validation set, labelled by val_annotations.txt."""
     base = Path(root) / "tiny-imagenet-200"
     if not base.is_dir() and download:
@@ -126,8 +128,9 @@ def load_tiny_imagenet(root: Path, download: bool = False, image_size: int = 64,
 # --------------------------------------------------------------------------- ImageFolder
 
 
+@register_source("imagefolder")
 def load_image_folder(root: Path, download: bool = False, folder: str | None = None, image_size: int = 64,
-                      test_fraction: float = 0.2, verify: bool = True, seed: int = 0, **_):
+                      test_fraction: float = 0.2, verify: bool = True, seed: int = 0):
     """``folder/train/<class>/*`` plus ``folder/val/<class>/*`` (the test split), or, without
     ``val/``, a stratified ``test_fraction`` of train held out as the test split."""
     base = Path(folder) if folder else Path(root)

@@ -1,4 +1,7 @@
-"""Readers for the on-disk data sets. Each returns in-memory uint8 images [N, C, H, W] and int64 labels [N].
+"""Readers for the on-disk data sets, in one registry. A reader is registered under the data set's
+name (``@register_source("name")``), is called as ``reader(root, download=..., **source_options)``
+and returns (train, test): in-memory ``ImageSet``s (uint8 [N, C, H, W], int64 labels [N]) or
+``ImageFiles`` decoded per item. Adding a data set means one reader plus one conf/dataset/ file.
 
 Nothing here downloads unless asked to; a data set that cannot be found raises
 ``DatasetNotFoundError`` naming every place searched and how to get the files.
@@ -6,11 +9,14 @@ Nothing here downloads unless asked to; a data set that cannot be found raises
 from __future__ import annotations
 
 import gzip
+import inspect
+import json
 import logging
 import pickle
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +26,40 @@ log = logging.getLogger(__name__)
 
 class DatasetNotFoundError(FileNotFoundError):
     pass
+
+
+_READERS: dict[str, Callable[..., tuple]] = {}
+
+
+def register_source(name: str):
+    """Decorator: register ``reader(root, download=False, **options) -> (train, test)`` as data set ``name``."""
+
+    def wrap(fn):
+        if name in _READERS:
+            raise ValueError(f"data set {name!r} is registered twice")
+        _READERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def reader(name: str) -> Callable[..., tuple]:
+    if name not in _READERS:
+        raise ValueError(f"unknown data set {name!r}; available: {', '.join(sorted(_READERS))}")
+    return _READERS[name]
+
+
+def check_source_options(name: str, options: Mapping[str, Any]) -> None:
+    """Every option must be a keyword of the data set's reader: a misspelt one is an error naming
+    the allowed keys, never silently ignored."""
+    params = inspect.signature(reader(name)).parameters
+    allowed = [p for p in params if p not in ("root", "download")]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(
+            f"dataset.datamodule.source_options.{unknown[0]} is not an option of the {name} reader; "
+            f"allowed: {', '.join(allowed) or '(none)'}"
+        )
 
 
 @dataclass
@@ -85,6 +125,7 @@ def fashion_mnist_dirs(root: Path, search_dirs: Sequence[str | Path]) -> list[Pa
     return [root / "fashion_mnist", root / "FashionMNIST" / "raw", root, *map(Path, search_dirs)]
 
 
+@register_source("fashion_mnist")
 def load_fashion_mnist(root: Path, download: bool = False, search_dirs: Sequence[str | Path] = (FASHION_MNIST_DEBIAN_DIR,)):
     dirs = fashion_mnist_dirs(root, search_dirs)
     stems = [s for pair in FASHION_MNIST_FILES.values() for s in pair]
@@ -140,7 +181,7 @@ def read_cifar_batches(folder: Path, files: Sequence[str], label_key: bytes) -> 
     return ImageSet(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
 
 
-def _load_cifar(name: str, root: Path, download: bool = False, **_):
+def _load_cifar(name: str, root: Path, download: bool = False):
     folder, train_files, test_files, key, tv_class = CIFAR_LAYOUTS[name]
     path = root / folder
     expected = [*train_files, *test_files]
@@ -156,11 +197,13 @@ def _load_cifar(name: str, root: Path, download: bool = False, **_):
     return read_cifar_batches(path, train_files, key), read_cifar_batches(path, test_files, key)
 
 
-def load_cifar10(root: Path, download: bool = False, **_):
+@register_source("cifar10")
+def load_cifar10(root: Path, download: bool = False):
     return _load_cifar("cifar10", root, download)
 
 
-def load_cifar100(root: Path, download: bool = False, **_):
+@register_source("cifar100")
+def load_cifar100(root: Path, download: bool = False):
     return _load_cifar("cifar100", root, download)
 
 
@@ -174,19 +217,17 @@ def _torchvision_download(cls_name: str, root: Path) -> None:
         log.warning("download of %s into %s failed: %s", cls_name, root, e)
 
 
-from daqkd.data.files import load_image_folder, load_tiny_imagenet  # noqa: E402
-
-LOADERS: dict[str, Callable[..., tuple]] = {
-    "fashion_mnist": load_fashion_mnist,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "tinyimagenet": load_tiny_imagenet,
-    "imagefolder": load_image_folder,
-}
+_DECODED: dict[str, tuple] = {}
 
 
-def load_image_sets(name: str, root: str | Path, download: bool = False, **kw) -> tuple[ImageSet, ImageSet]:
-    """(train, test) for data set ``name`` under ``root``."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(sorted(LOADERS))}")
-    return LOADERS[name](Path(root).expanduser(), download=download, **kw)
+def load_image_sets(name: str, root: str | Path, download: bool = False, **options) -> tuple[ImageSet, ImageSet]:
+    """(train, test) for data set ``name`` under ``root``; ``options`` are its reader's keywords.
+
+    Decoded once per process: the same (name, root, options) returns the same objects, so a sweep's
+    jobs, the teacher, the scorer and the student share one copy. Treat the images as read-only.
+    """
+    key = json.dumps([name, str(Path(root).expanduser().resolve()), options], sort_keys=True, default=str)
+    if key not in _DECODED:
+        _DECODED[key] = reader(name)(Path(root).expanduser(), download=download, **options)
+    return _DECODED[key]
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 

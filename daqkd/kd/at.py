@@ -4,18 +4,17 @@ For each pair of feature maps, the spatial attention a(F) = normalise(mean_c F^p
 of student and teacher are matched: L = Σ_layers mean((a_s − a_t)²). Paper weight β = 1000.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, spatial_pairs
+from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
 
 
-class AttentionTransfer(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), p: float = 2.0, **_):
+class AttentionTransfer(KDMethod):
+    def __init__(self, student_shapes=(), teacher_shapes=(), p: float = 2.0):
         super().__init__()
         self.p = p
 

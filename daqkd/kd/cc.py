@@ -8,10 +8,9 @@ Paper setting γ = 0.4, P = 2; weight β = 0.02.
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, last_embedding
+from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
 
 
 def taylor_rbf(e: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
@@ -19,8 +18,8 @@ def taylor_rbf(e: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
     return sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * g.pow(p) for p in range(order + 1))
 
 
-class CorrelationCongruence(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), gamma: float = 0.4, order: int = 2, **_):
+class CorrelationCongruence(KDMethod):
+    def __init__(self, student_shapes=(), teacher_shapes=(), gamma: float = 0.4, order: int = 2):
         super().__init__()
         self.gamma, self.order = gamma, order
 

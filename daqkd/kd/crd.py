@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, embedding_dims, last_embedding
+from daqkd.kd.taps import KDBatch, KDMethod, embedding_dims, last_embedding
 
 
-class ContrastiveRepresentation(nn.Module):
-    def __init__(self, student_shapes, teacher_shapes, embed_dim: int = 128, bank_size: int = 4096, temperature: float = 0.07, **_):
+class ContrastiveRepresentation(KDMethod):
+    def __init__(self, student_shapes, teacher_shapes, embed_dim: int = 128, bank_size: int = 4096, temperature: float = 0.07):
         super().__init__()
         self.embed_s = nn.Linear(embedding_dims(student_shapes), embed_dim)
         self.embed_t = nn.Linear(embedding_dims(teacher_shapes), embed_dim)

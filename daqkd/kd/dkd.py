@@ -8,10 +8,10 @@ with a linear warm-up w = min(progress / warmup, 1). The paper warms up over 20 
 (mixed) labels the target class is the argmax.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch
+from daqkd.kd.taps import KDBatch, KDMethod
+from daqkd.torchutil import hard_labels
 
 
 def dkd_terms(zs: torch.Tensor, zt: torch.Tensor, target: torch.Tensor, temperature: float):
@@ -29,16 +29,17 @@ def dkd_terms(zs: torch.Tensor, zt: torch.Tensor, target: torch.Tensor, temperat
     return tckd, nckd
 
 
-class DecoupledKD(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), tckd_weight: float = 1.0, nckd_weight: float = 8.0,
-                 temperature: float = 4.0, warmup: float = 20 / 240, **_):
+class DecoupledKD(KDMethod):
+    uses_features = False  # a logit method: no feature taps
+
+    def __init__(self, tckd_weight: float = 1.0, nckd_weight: float = 8.0, temperature: float = 4.0, warmup: float = 20 / 240):
         super().__init__()
         self.a, self.b, self.t, self.warmup = tckd_weight, nckd_weight, temperature, warmup
 
     def forward(self, batch: KDBatch) -> torch.Tensor:
         if batch.targets is None:
             raise ValueError("DKD needs labels (its target class); use kd=kd or kd=sqakd for label-free training")
-        y = batch.targets.argmax(1) if batch.targets.ndim == 2 else batch.targets
+        y = hard_labels(batch.targets)
         tckd, nckd = dkd_terms(batch.student_logits, batch.teacher_logits, y, self.t)
         ramp = min(batch.progress / self.warmup, 1.0) if self.warmup > 0 else 1.0
         return ramp * (self.a * tckd + self.b * nckd)

@@ -6,11 +6,11 @@ L = Σ_layers mean((r(F_s) − F_t)²). Paper weight β = 100. The regressors ar
 import torch
 import torch.nn as nn
 
-from daqkd.kd.taps import KDBatch, spatial_pairs
+from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
 
 
-class FitNet(nn.Module):
-    def __init__(self, student_shapes, teacher_shapes, **_):
+class FitNet(KDMethod):
+    def __init__(self, student_shapes, teacher_shapes):
         super().__init__()
         self.regressors = nn.ModuleList()
         for s, t in zip(student_shapes, teacher_shapes):

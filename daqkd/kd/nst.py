@@ -5,10 +5,9 @@ and teacher are matched by MMD with the polynomial kernel k(a, b) = (aᵀb)²:
     L = mean k(s, s) + mean k(t, t) − 2·mean k(s, t), summed over layers. Paper weight β = 50.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, spatial_pairs
+from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
 
 
 def poly_mmd(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -17,8 +16,8 @@ def poly_mmd(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (k(s, s) + k(t, t) - 2 * k(s, t)).mean()
 
 
-class NeuronSelectivityTransfer(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), **_):
+class NeuronSelectivityTransfer(KDMethod):
+    def __init__(self, student_shapes=(), teacher_shapes=()):
         super().__init__()
 
     def forward(self, batch: KDBatch) -> torch.Tensor:

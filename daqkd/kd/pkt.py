@@ -4,10 +4,9 @@ Cosine similarities are mapped to [0, 1] and normalised per row into conditional
 P(j | i); L = Σ_i KL(P_t(·|i) ‖ P_s(·|i)) / B. Weight β = 30000 (RepDistiller's setting).
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, last_embedding
+from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
 
 EPS = 1e-7
 
@@ -18,8 +17,8 @@ def conditional_probabilities(e: torch.Tensor) -> torch.Tensor:
     return sim / sim.sum(1, keepdim=True)
 
 
-class ProbabilisticKT(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), **_):
+class ProbabilisticKT(KDMethod):
+    def __init__(self, student_shapes=(), teacher_shapes=()):
         super().__init__()
 
     def forward(self, batch: KDBatch) -> torch.Tensor:

@@ -5,10 +5,9 @@ Angle:    ψ_A(i, j, k) = ⟨(e_i − e_j)/‖·‖, (e_k − e_j)/‖·‖⟩; 
 L = w_d·L_D + w_a·L_A with the paper's w_d = 25, w_a = 50; kd.beta = 1.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, last_embedding
+from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
 
 
 def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
@@ -32,8 +31,8 @@ def angle_potential(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v, v.transpose(1, 2)).flatten()  # cos of angle i-j-k for every (j, i, k)
 
 
-class RelationalKD(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), distance_weight: float = 25.0, angle_weight: float = 50.0, **_):
+class RelationalKD(KDMethod):
+    def __init__(self, student_shapes=(), teacher_shapes=(), distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__()
         self.wd, self.wa = distance_weight, angle_weight
 

@@ -5,18 +5,17 @@ L = ‖G_s − G_t‖²_F / B², on the last tap. Paper weight β = 3000. Invari
 up to the matching permutation of G.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, last_embedding
+from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f @ f.T, dim=1)
 
 
-class SimilarityPreserving(nn.Module):
-    def __init__(self, student_shapes=(), teacher_shapes=(), **_):
+class SimilarityPreserving(KDMethod):
+    def __init__(self, student_shapes=(), teacher_shapes=()):
         super().__init__()
 
     def forward(self, batch: KDBatch) -> torch.Tensor:

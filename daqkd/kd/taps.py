@@ -1,11 +1,13 @@
 """Feature taps: forward hooks on named modules, so feature KD needs no edits to the models."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn as nn
+
+from daqkd.torchutil import eval_mode
 
 
 class FeatureTaps:
@@ -57,15 +59,25 @@ class FeatureTaps:
 def feature_shapes(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> list[torch.Size]:
     """Per-example shapes of the tapped outputs on input ``x`` (model mode is restored)."""
     taps = FeatureTaps(model, layers)
-    was_training = model.training
-    model.eval()
     try:
-        taps.active = True
-        model(x[:2])
-        return [f.shape[1:] for f in taps.features]
+        with eval_mode(model):
+            taps.active = True
+            model(x[:2])
+            return [f.shape[1:] for f in taps.features]
     finally:
         taps.remove()
-        model.train(was_training)
+
+
+class KDMethod(nn.Module):
+    """A KD method: ``forward(batch: KDBatch) -> scalar loss``.
+
+    Feature methods (``uses_features = True``) are built as ``Method(student_shapes, teacher_shapes, **hp)``
+    from the per-example shapes of the tapped outputs and read ``batch.*_features``; logit methods
+    set ``uses_features = False``, are built as ``Method(**hp)`` and get no taps. Learnable heads are
+    submodules, so they are optimised with the student and checkpointed.
+    """
+
+    uses_features: bool = True
 
 
 @dataclass

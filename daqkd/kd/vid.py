@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.kd.taps import KDBatch, spatial_pairs
+from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
 
 
 class VIDHead(nn.Module):
@@ -30,8 +30,8 @@ class VIDHead(nn.Module):
         return (0.5 * (var.log() + (t - self.mean(s)).pow(2) / var)).mean()
 
 
-class VariationalInformation(nn.Module):
-    def __init__(self, student_shapes, teacher_shapes, init_var: float = 5.0, **_):
+class VariationalInformation(KDMethod):
+    def __init__(self, student_shapes, teacher_shapes, init_var: float = 5.0):
         super().__init__()
         self.heads = nn.ModuleList(
             VIDHead(s[0], t[0], init_var=init_var) for s, t in zip(student_shapes, teacher_shapes) if len(s) == 3

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger

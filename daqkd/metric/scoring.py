@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from daqkd.metric.core import EPS, cmi_sum, label_deviation, prototype_sums, prototypes_from_sums, soft_targets
+from daqkd.torchutil import eval_mode, hard_labels
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,7 @@ def score_augmentation(
     Memory is O(C²) whatever the number of samples.
     """
     start = time.perf_counter()
-    was_training = teacher.training
-    teacher.eval()
-    try:
+    with eval_mode(teacher):
         num = torch.zeros(num_classes, num_classes, dtype=torch.float64)
         den = torch.zeros(num_classes, dtype=torch.float64)
         for images, targets in loader:
@@ -67,11 +66,9 @@ def score_augmentation(
             p = _teacher_probs(teacher, images, device).cpu()
             total_kl += cmi_sum(p, targets, q)
             t = soft_targets(targets, num_classes)
-            correct += float((p.argmax(1) == t.argmax(1)).sum())
+            correct += float((p.argmax(1) == hard_labels(targets)).sum())
             ce += float(-(t * p.double().clamp_min(EPS).log()).sum())
             n += len(p)
-    finally:
-        teacher.train(was_training)
     cmi = float(total_kl / n)
     dev = float(label_deviation(q))
     return AugmentScore(
@@ -116,7 +113,7 @@ class Selection:
         return {"selected": self.selected, "how": self.how, "scores": [s.as_dict() for s in self.scores]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Selection":
+    def from_dict(cls, d: dict) -> Selection:
         return cls(d["selected"], d["how"], [AugmentScore(**s) for s in d["scores"]])
 
 

@@ -5,8 +5,8 @@ build a model, and ``default_feature_layers`` names each model's default KD feat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch.nn as nn
 

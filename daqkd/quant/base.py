@@ -7,11 +7,13 @@ Adding a quantizer means writing one ``Quantizer`` subclass and one YAML file in
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from daqkd.torchutil import eval_mode
 
 ALLOWED_BITS = (2, 3, 4, 8, 32)
 FULL_PRECISION = 32
@@ -138,10 +140,24 @@ def _make(factory: QuantizerFactory | None, bits: int, signed: bool, role: str) 
     return factory(bits=bits, signed=signed, role=role)
 
 
+FIRST_LAST_POLICIES = ("fp", "int8", "same")
+
+
 def check_bits(bits: int, what: str) -> int:
-    if bits not in ALLOWED_BITS:
-        raise ValueError(f"{what}={bits} is not supported; allowed bit widths: {', '.join(map(str, ALLOWED_BITS))} (32 = full precision)")
+    """The one check of a bit width: a ValueError naming ``what``, the value and the allowed ones."""
+    if isinstance(bits, bool) or bits not in ALLOWED_BITS:
+        raise ValueError(
+            f"{what}={bits} is not supported; allowed bit widths: {', '.join(map(str, ALLOWED_BITS))} "
+            "(32 = full precision), e.g. bits=4 or bits.w=2 bits.a=4"
+        )
     return int(bits)
+
+
+def check_first_last(policy: str) -> str:
+    """The one check of the first/last-layer policy."""
+    if policy not in FIRST_LAST_POLICIES:
+        raise ValueError(f"quantizer.first_last={policy!r} is not a policy; expected one of {', '.join(FIRST_LAST_POLICIES)}")
+    return policy
 
 
 def quantize_model(
@@ -161,8 +177,7 @@ def quantize_model(
     """
     check_bits(bits_w, "bits.w")
     check_bits(bits_a, "bits.a")
-    if first_last not in ("fp", "int8", "same"):
-        raise ValueError(f"quantizer.first_last={first_last!r}; expected one of fp, int8, same")
+    check_first_last(first_last)
     targets = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if not targets:
         raise ValueError("the model has no Conv2d or Linear layer to quantize")
@@ -199,16 +214,14 @@ def _swap(model: nn.Module, name: str, m: nn.Module, wq, aq, output_scale: bool)
 def calibrate(model: nn.Module, images: torch.Tensor) -> None:
     """Initialise every quantizer and output scale from one batch (METHOD.md §3 initialisation)."""
     layers = [m for _, m in quant_layers(model)]
-    was_training = model.training
-    model.eval()
     try:
-        for m in layers:
-            m.calibrating = True
-        model(images)
+        with eval_mode(model):
+            for m in layers:
+                m.calibrating = True
+            model(images)
     finally:
         for m in layers:
             m.calibrating = False
-        model.train(was_training)
 
 
 def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 
 from daqkd.quant.ewgs import estimate_ewgs_deltas, ewgs_quantizers
+from daqkd.torchutil import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,8 @@ class EWGSDeltaCallback(L.Callback):
         gen = torch.Generator().manual_seed(self.seed + trainer.current_epoch)
         # The whole module in eval mode: the estimate must not change training state (BN statistics,
         # a KD loss's memory bank).
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
+        with eval_mode(pl_module):
             deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen, self.probes)
-        finally:
-            pl_module.train(was_training)
         values = torch.tensor(list(deltas.values()))
         log.info(
             "EWGS δ re-estimated on %d batches: mean %.3g, min %.3g, max %.3g over %d quantizers",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
 from daqkd.quant.base import Quantizer
+from daqkd.torchutil import eval_mode
 
 log = logging.getLogger(__name__)
 DELTA_MODES = ("hessian", "fixed")
@@ -189,30 +190,28 @@ def estimate_ewgs_deltas(
     trace = {q: 0.0 for q in quantizers}
     gstd = {q: 0.0 for q in quantizers}
     count = 0
-    was_training = model.training
-    model.eval()
     try:
         for q in quantizers:
             q.capture = True
-        for batch in batches:
-            with torch.enable_grad():
-                loss = loss_fn(batch)
-                outs = [q.captured for q in quantizers]
-                grads = torch.autograd.grad(loss, outs, create_graph=True)
-                for k in range(probes):
-                    vs = [torch.randint(0, 2, g.shape, generator=generator, dtype=torch.int8).to(g) * 2 - 1 for g in grads]
-                    hvs = torch.autograd.grad(grads, outs, grad_outputs=vs, allow_unused=True, retain_graph=k < probes - 1)
-                    for q, v, hv in zip(quantizers, vs, hvs):
-                        if hv is not None:
-                            trace[q] += float((v * hv).sum()) / v.numel() / probes
-            for q, g in zip(quantizers, grads):
-                gstd[q] += float(g.detach().std())
-            count += 1
+        with eval_mode(model):
+            for batch in batches:
+                with torch.enable_grad():
+                    loss = loss_fn(batch)
+                    outs = [q.captured for q in quantizers]
+                    grads = torch.autograd.grad(loss, outs, create_graph=True)
+                    for k in range(probes):
+                        vs = [torch.randint(0, 2, g.shape, generator=generator, dtype=torch.int8).to(g) * 2 - 1 for g in grads]
+                        hvs = torch.autograd.grad(grads, outs, grad_outputs=vs, allow_unused=True, retain_graph=k < probes - 1)
+                        for q, v, hv in zip(quantizers, vs, hvs):
+                            if hv is not None:
+                                trace[q] += float((v * hv).sum()) / v.numel() / probes
+                for q, g in zip(quantizers, grads):
+                    gstd[q] += float(g.detach().std())
+                count += 1
     finally:
         for q in quantizers:
             q.capture = False
             q.captured = None
-        model.train(was_training)
     if count == 0:
         raise ValueError("estimate_ewgs_deltas got no batches")
     result = {}

@@ -1,0 +1,161 @@
+"""Builders: every object a run needs, made from the composed config, in one place.
+
+The entry points (``run``, ``score``, ``train_teacher``, ``bench``) call these; nothing else reads
+the config. Each builder takes the config and what it depends on, and returns a plain object.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch.nn as nn
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from daqkd.data import ImageDataModule
+from daqkd.io import AtomicCheckpointIO
+from daqkd.kd import Distiller, feature_shapes
+from daqkd.metric.callback import DAMetricCallback
+from daqkd.models import default_feature_layers
+from daqkd.module import QATKDModule
+from daqkd.quant import calibrate, quantize_model
+from daqkd.teacher import TeacherInfo, TeacherRecipe, resolve_teacher
+
+log = logging.getLogger("daqkd")
+
+
+def build_datamodule(cfg: DictConfig) -> ImageDataModule:
+    return instantiate(cfg.dataset.datamodule)
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The architecture of ``model=`` sized for ``dataset=`` (classes, channels, image size)."""
+    return instantiate(cfg.model.factory)(
+        num_classes=cfg.dataset.num_classes, in_channels=cfg.dataset.in_channels, image_size=cfg.dataset.image_size
+    )
+
+
+def teacher_recipe(cfg: DictConfig) -> TeacherRecipe:
+    t = cfg.teacher
+    return TeacherRecipe(max_epochs=t.max_epochs, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+
+
+def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What, besides the recipe, determines a trained teacher (the cache key)."""
+    return {
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "train_subset": cfg.dataset.datamodule.get("train_subset"),
+        "val_size": cfg.dataset.datamodule.val_size,
+        "seed": cfg.seed,
+    }
+
+
+def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: dict[str, Any] | None = None) -> TeacherInfo:
+    """The FP teacher: ``teacher.ckpt``, else the cache, else trained (and cached)."""
+    kw = {
+        "accelerator": cfg.trainer.get("accelerator", "auto"),
+        "devices": cfg.trainer.get("devices", "auto"),
+        "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
+        "limit_train_batches": cfg.teacher.get("limit_train_batches"),
+        **(trainer_kwargs or {}),
+    }
+    return resolve_teacher(
+        lambda: build_model(cfg), datamodule, teacher_identity(cfg), teacher_recipe(cfg), cfg.paths.cache_dir,
+        ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw,
+    )
+
+
+def build_student(cfg: DictConfig, teacher: nn.Module, datamodule: ImageDataModule | None = None) -> nn.Module:
+    """A copy of the teacher with its conv/linear layers quantized per ``quantizer=`` and ``bits=``;
+    calibrated on one clean batch of ``datamodule`` when one is given (not when resuming)."""
+    student = copy.deepcopy(teacher).train()
+    q = cfg.quantizer
+    weight = instantiate(q.weight) if q.weight is not None else None
+    activation = instantiate(q.activation) if q.activation is not None else None
+    if weight is None and activation is None:
+        return student
+    student = quantize_model(student, weight, activation, cfg.bits.w, cfg.bits.a, q.first_last, q.output_scale)
+    if datamodule is not None:
+        calibrate(student, datamodule.calibration_batch(q.calibration_size))
+    return student
+
+
+def build_distiller(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamodule: ImageDataModule | None) -> Distiller:
+    """The objective of ``kd=``; a feature method is sized from the tapped layers' output shapes."""
+    k = cfg.kd
+    method, s_layers, t_layers = None, [], []
+    if k.get("method") is not None:
+        factory = instantiate(k.method)
+        if getattr(factory.func, "uses_features", True):
+            default = list(cfg.model.get("feature_layers") or default_feature_layers(cfg.model.name))
+            s_layers, t_layers = list(k.student_layers or default), list(k.teacher_layers or default)
+            x = datamodule.calibration_batch(2)
+            method = factory(student_shapes=feature_shapes(student, s_layers, x), teacher_shapes=feature_shapes(teacher, t_layers, x))
+        else:
+            method = factory()
+    return Distiller(student, teacher, k.gamma, k.alpha, k.beta, k.temperature, method, k.name, s_layers, t_layers)
+
+
+def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamodule: ImageDataModule | None) -> QATKDModule:
+    """The LightningModule: student, frozen teacher, the Distiller of ``kd=`` and the ``optim=`` recipe."""
+    return QATKDModule(
+        student=student,
+        teacher=teacher,
+        distiller=build_distiller(cfg, student, teacher, datamodule),
+        num_classes=cfg.dataset.num_classes,
+        optimizer=instantiate(cfg.optim.optimizer),
+        quant_lr=cfg.optim.quant_lr,
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+    )
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: a file, or "last" (this run folder's last.ckpt; none yet means a fresh start,
+    so a requeued job can always pass ckpt_path=last)."""
+    if cfg.ckpt_path is None:
+        return None
+    if cfg.ckpt_path != "last":
+        return str(cfg.ckpt_path)
+    last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
+    if not last.is_file():
+        log.warning("ckpt_path=last: no %s yet, starting afresh", last)
+        return None
+    return str(last)
+
+
+def build_selection(cfg: DictConfig, resume_from: str | None) -> DAMetricCallback:
+    """The callback that decides and installs the training DA (see daqkd.metric.callback)."""
+    aug, metric = cfg.augment, cfg.metric
+    auto = aug.name == "auto"
+    candidates = list(aug.pool) if auto else ([aug.name] if metric.score_fixed else [])
+    return DAMetricCallback(
+        candidates,
+        fixed=None if auto else aug.name,
+        num_samples=metric.num_samples,
+        batch_size=metric.batch_size,
+        seed=metric.seed,
+        output_dir=str(cfg.paths.output_dir),
+        resume_from=resume_from,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """``callbacks.*`` (checkpointing) and the quantizer's own callback (EWGS δ), if any."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.quantizer.get("callback") is not None:
+        callbacks.append(instantiate(cfg.quantizer.callback))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> L.Trainer:
+    """``trainer=`` with the given callbacks, the loggers and atomic checkpoint writes."""
+    return instantiate(cfg.trainer, callbacks=list(callbacks), logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()])

@@ -1,0 +1,33 @@
+"""``python -m daqkd.train_teacher [overrides]``: resolve the FP teacher alone (train and cache it,
+or find it in the cache), with the same config groups as ``python -m daqkd.run``."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from daqkd.build import build_datamodule, build_teacher
+from daqkd.config import config_dir, normalize_overrides, validate_config
+
+log = logging.getLogger("daqkd")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    info = build_teacher(cfg, build_datamodule(cfg))
+    log.info("Teacher %s/%s (%s): %s, test accuracy %.4f", cfg.dataset.name, cfg.model.name, info.source, info.ckpt, info.test_acc)
+    return info.test_acc
+
+
+def main() -> None:
+    sys.argv[1:] = normalize_overrides(sys.argv[1:]) + ["task_name=teacher"]
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The streaming scorer equals the functional core; the teacher runs in eval mode (daqkd/metric/scoring.py)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from daqkd import build
+from daqkd.metric import (
+    metric_score,
+    score_augmentation,
+)
+from daqkd.metric.scoring import score_augmentations
+
+
+def test_every_candidate_is_scored_on_the_same_images(make_cfg, monkeypatch):
+    cfg = make_cfg()
+    dm = build.build_datamodule(cfg)
+    seen = {}
+    make_loader = dm.loader
+
+    def spy(source, indices, pipeline, *a, **k):
+        seen[pipeline.name] = indices.clone()
+        return make_loader(source, indices, pipeline, *a, **k)
+
+    monkeypatch.setattr(dm, "loader", spy)
+    score_augmentations(build.build_model(cfg).eval(), dm, ["minimal", "cutmix", "augmix"], 100, 50, 3)
+    assert len(seen) == 3 and all(torch.equal(v, seen["minimal"]) for v in seen.values())
+    assert len(seen["minimal"]) == 100
+
+class RecordingLoader:
+    """Yields fresh random 'augmented' batches each pass and remembers them."""
+
+    def __init__(self, labels, num_classes, soft=False, batch=7, seed=0):
+        self.labels, self.c, self.soft, self.batch = labels, num_classes, soft, batch
+        self.gen = torch.Generator().manual_seed(seed)
+        self.passes = []
+
+    def __iter__(self):
+        record = []
+        for i in range(0, len(self.labels), self.batch):
+            y = self.labels[i : i + self.batch]
+            x = torch.randn(len(y), self.c, generator=self.gen) + 2 * torch.nn.functional.one_hot(y, self.c)
+            if self.soft:
+                lam = torch.rand(len(y), 1, generator=self.gen)
+                y = lam * torch.nn.functional.one_hot(y, self.c) + (1 - lam) * torch.nn.functional.one_hot(y.roll(1), self.c)
+            record.append((x, y))
+            yield x, y
+        self.passes.append(record)
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_streaming_scorer_equals_functional_core(soft):
+    labels = torch.arange(60) % 4
+    loader = RecordingLoader(labels, 4, soft=soft)
+    teacher = nn.Identity()  # logits = the inputs
+    s = score_augmentation("x", teacher, loader, 4)
+    (p1, p2) = [(torch.softmax(torch.cat([b[0] for b in r]), 1), torch.cat([b[1] for b in r])) for r in loader.passes]
+    ref = metric_score(p1[0], p2[0], p1[1], p2[1], 4)
+    assert not torch.equal(p1[0], p2[0])  # the passes drew different augmentations
+    assert s.cmi == pytest.approx(ref["cmi"], rel=1e-9)
+    assert s.dev == pytest.approx(ref["dev"], rel=1e-9)
+    assert s.m == pytest.approx(ref["m"], rel=1e-9)
+    assert s.num_samples == 60
+
+def test_scorer_uses_teacher_in_eval_mode_and_restores_it():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 4))
+    teacher[1].running_mean.fill_(3.0)  # eval-mode BN differs strongly from batch statistics
+    teacher.train()
+    labels = torch.arange(40) % 4
+    s_train_mode = score_augmentation("x", teacher, RecordingLoader(labels, 4), 4)
+    assert teacher.training  # mode restored
+    teacher.eval()
+    s_eval_mode = score_augmentation("x", teacher, RecordingLoader(labels, 4), 4)
+    assert s_train_mode.m == s_eval_mode.m
+    assert float(teacher[1].running_mean[0]) == 3.0  # BN statistics untouched
