@@ -54,11 +54,16 @@ def test_mixed_bits_and_rejected_bits(make_cfg):
         ("quantizer.first_last=int4", "first_last"),
         ("ckpt_path=/nonexistent.ckpt", "does not exist"),
         ("+augment.params.augmix.nonsense=1", "nonsense"),
+        # A key misspelt in a YAML file (here added with +) is named with the keys its target takes.
+        ("+kd.method.bank_sise=10", r"kd.method.bank_sise is not a parameter of ContrastiveRepresentation; allowed keys: .*bank_size"),
+        ("+trainer.max_epoch=3", r"trainer.max_epoch is not a parameter of Trainer; allowed keys: .*max_epochs"),
+        ("+optim.optimizer.learning_rate=0.1", r"optim.optimizer.learning_rate is not a parameter of Adam; allowed keys: .*lr"),
     ],
 )
 def test_bad_values_name_the_problem(make_cfg, override, match):
+    extra = ["kd=crd"] if "kd.method" in override else []
     with pytest.raises(ConfigError, match=match):
-        validate_config(make_cfg(override))
+        validate_config(make_cfg(*extra, override))
 
 def test_config_dir_is_inside_the_package_or_checkout():
     d = config_dir()

@@ -88,3 +88,10 @@ def test_flip_and_padding_change_the_training_images(make_cfg, first_train_batch
     assert 0.2 < flipped.float().mean() < 0.8  # about half the images mirrored
     x_pad, _ = first_train_batch(make_cfg("dataset.datamodule.flip=false", "dataset.datamodule.padding=4"), "minimal")
     assert (x_pad != clean).flatten(1).any(1).float().mean() > 0.5  # shifted crops
+
+
+def test_a_misspelt_source_option_is_an_error_naming_the_allowed_ones(make_cfg):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises((ValueError, InstantiationException), match=r"source_options.serch_dirs is not an option of the fashion_mnist reader; allowed: search_dirs"):
+        build.build_datamodule(make_cfg("+dataset.datamodule.source_options.serch_dirs=[/x]"))
