@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -26,6 +27,12 @@ from daqkd.quant import calibrate, quantize_model
 from daqkd.teacher import TeacherInfo, TeacherRecipe, resolve_teacher
 
 log = logging.getLogger("daqkd")
+
+
+def build_device(cfg: DictConfig) -> torch.device:
+    """Where work outside the Trainer runs (scoring in ``daqkd.score``): the GPU when the trainer may use one."""
+    wants_gpu = cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
 
 def build_datamodule(cfg: DictConfig) -> ImageDataModule:
@@ -139,6 +146,7 @@ def build_selection(cfg: DictConfig, resume_from: str | None) -> DAMetricCallbac
         num_samples=metric.num_samples,
         batch_size=metric.batch_size,
         seed=metric.seed,
+        selector=metric.selector,
         output_dir=str(cfg.paths.output_dir),
         resume_from=resume_from,
     )

@@ -11,6 +11,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig
 
 from daqkd.augment import available_augments, build_augmentation
+from daqkd.metric.scoring import SELECTORS
 from daqkd.quant import check_bits, check_first_last
 
 
@@ -113,6 +114,8 @@ def validate_config(cfg: DictConfig) -> None:
             f"metric.num_samples={n} is below the number of classes ({cfg.dataset.num_classes}); every class "
             "needs samples for its prototype. Use at least 10 per class, or null for the whole training split."
         )
+    if cfg.metric.selector not in SELECTORS:
+        raise ConfigError(f"metric.selector={cfg.metric.selector} is not a selector; choose one of {', '.join(SELECTORS)}, e.g. metric.selector=m")
     if cfg.kd.beta > 0 and cfg.kd.get("method") is None:
         raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a KD method, but kd={cfg.kd.name} has none; choose one (kd=at, crd, dkd, ...)")
     if cfg.ckpt_path not in (None, "last") and not Path(str(cfg.ckpt_path)).is_file():

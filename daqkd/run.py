@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from daqkd.build import (
@@ -65,6 +68,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")
     selection = selector.selection
     results = {
+        "status": "ok",
         "selected_augment": selection.selected,
         "augment_scores": [s.as_dict() for s in selection.scores],
         "teacher": {"ckpt": teacher.ckpt, "test_acc": teacher.test_acc, "source": teacher.source},
@@ -89,9 +93,31 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     return results
 
 
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """A failed job's results.json: status "failed", the error and its traceback, and the config, so
+    a sweep's report can count it and leave it out."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output_dir / "results.json", {
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(),
+        "config": OmegaConf.to_container(cfg, resolve=False),
+    })
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    return train(cfg)["student"]["test_acc"]  # the sweep objective
+    try:
+        return train(cfg)["student"]["test_acc"]  # the sweep objective
+    except Exception as e:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep one failing job must not end the others: record it and go on.
+        record_failure(cfg, e)
+        log.error("job %s failed (%s: %s); recorded in %s/results.json, the sweep goes on",
+                  HydraConfig.get().job.num, type(e).__name__, e, cfg.paths.output_dir)
+        return float("nan")
 
 
 def main() -> None:

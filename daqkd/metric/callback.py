@@ -9,25 +9,27 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
 from daqkd.io import read_checkpoint
-from daqkd.metric.scoring import Selection, format_ranking, score_augmentations, select_augmentation
+from daqkd.metric.scoring import SELECTORS, AugmentScore, Selection, format_ranking, score_augmentations, select_augmentation
 
 log = logging.getLogger(__name__)
 
-SCORE_FIELDS = ["name", "m", "dev", "cmi", "teacher_acc", "teacher_ce", "num_samples", "seconds"]
+SCORE_FIELDS = [f.name for f in fields(AugmentScore)]
 
 
 class DAMetricCallback(L.Callback):
     """Decides the training DA in ``setup("fit")`` and installs it in the datamodule:
 
     - resuming (``resume_from`` is the checkpoint): the DA saved in it, without scoring again;
-    - otherwise every candidate is scored with the teacher (M = DEV − CMI, METHOD.md §1), the
-      ranking is logged, and the DA is ``fixed`` when given, else argmin M.
+    - otherwise every candidate is scored with the teacher (M = DEV − CMI, METHOD.md §1, and the
+      baseline selectors, from the same passes) and with the calibrated student (``student_m``), the
+      ranking is logged, and the DA is ``fixed`` when given, else the argmin of ``selector``.
 
     ``candidates`` may be empty with a ``fixed`` DA (nothing is scored). Under several processes
     only rank 0 scores, and its decision is broadcast, so every rank trains with the same DA.
@@ -40,11 +42,15 @@ class DAMetricCallback(L.Callback):
         num_samples: int | None = 2000,
         batch_size: int = 500,
         seed: int = 0,
+        selector: str = "m",
         output_dir: str | None = None,
         resume_from: str | None = None,
     ):
         if not candidates and fixed is None:
             raise ValueError("DAMetricCallback needs candidates to score or a fixed DA")
+        if selector not in SELECTORS:
+            raise ValueError(f"metric.selector={selector!r} is not a selector; choose one of {', '.join(SELECTORS)}")
+        self.selector = selector
         self.candidates = list(dict.fromkeys(candidates))
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.fixed, self.output_dir, self.resume_from = fixed, output_dir, resume_from
@@ -62,12 +68,14 @@ class DAMetricCallback(L.Callback):
         if trainer.is_global_zero:
             dm = trainer.datamodule
             device = trainer.strategy.root_device
-            teacher = pl_module.teacher.to(device)
-            scores = score_augmentations(teacher, dm, self.candidates, self.num_samples, self.batch_size, self.seed, device)
+            scores = []
+            if self.candidates:
+                teacher, student = pl_module.teacher.to(device), pl_module.student.to(device)
+                scores = score_augmentations(teacher, dm, self.candidates, self.num_samples, self.batch_size, self.seed, device, student)
             if self.fixed is not None:
                 selection = Selection(self.fixed, "fixed", scores)
             else:
-                selection = Selection(select_augmentation(scores), "argmin M", scores)
+                selection = Selection(select_augmentation(scores, self.selector), f"argmin {self.selector}", scores)
             self._report(trainer, selection)
         return trainer.strategy.broadcast(selection, src=0)
 
@@ -91,7 +99,7 @@ class DAMetricCallback(L.Callback):
 
     def _report(self, trainer: L.Trainer, selection: Selection) -> None:
         if selection.scores:
-            log.info("DA ranking (lower M is better):\n%s", format_ranking(selection.scores, selection.selected))
+            log.info("DA ranking:\n%s", format_ranking(selection.scores, selection.selected, self.selector))
         log.info("DA: training with %s (%s)", selection.selected, selection.how)
         rows = [s.as_dict() for s in sorted(selection.scores, key=lambda s: s.m)]
         if self.output_dir and rows:
@@ -103,7 +111,7 @@ class DAMetricCallback(L.Callback):
                 writer.writerows({k: r[k] for k in SCORE_FIELDS} for r in rows)
         for logger in trainer.loggers:
             if rows:
-                metrics = {f"augment/{r['name']}/{k}": r[k] for r in rows for k in ("m", "dev", "cmi", "teacher_acc")}
+                metrics = {f"augment/{r['name']}/{k}": r[k] for r in rows for k in (*SELECTORS, "dev", "cmi")}
                 logger.log_metrics(metrics, step=0)
             if isinstance(logger, WandbLogger) and rows:
                 logger.log_table("augment_scores", columns=SCORE_FIELDS, data=[[r[k] for k in SCORE_FIELDS] for r in rows])

@@ -85,8 +85,42 @@ def variance_score(probs: torch.Tensor, group_size: int = 5) -> torch.Tensor:
     Consecutive groups of ``group_size`` softmax outputs are averaged; the std across groups is
     taken per class and averaged over classes. A trailing partial group is dropped.
     """
+    return variance_groups(probs, group_size).std(0).mean()
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy −Σ_c p_c·log p_c of every row [N] (the "entropy" selector averages it)."""
+    p = probs.to(torch.float64)
+    return -(p * p.clamp_min(EPS).log()).sum(-1)
+
+
+def variance_groups(probs: torch.Tensor, group_size: int = 5) -> torch.Tensor:
+    """The "variance" selector's group vectors: consecutive groups of ``group_size`` rows averaged
+    [G, C]; a trailing partial group is dropped."""
     n = (len(probs) // group_size) * group_size
     if n < 2 * group_size:
         raise ValueError(f"variance score needs at least {2 * group_size} samples, got {len(probs)}")
-    groups = probs[:n].reshape(-1, group_size, probs.shape[1]).mean(1)
-    return groups.std(0).mean()
+    return probs[:n].reshape(-1, group_size, probs.shape[1]).mean(1)
+
+
+def bootstrap_metric(p1, t1, p2, t2, weights: torch.Tensor, chunk: int = 16) -> dict[str, torch.Tensor]:
+    """DEV, CMI and M for each row of bootstrap ``weights`` [B, N] (how often each image is drawn).
+
+    ``p1``/``p2`` [N, C] are the two passes' probabilities of the same N images and ``t1``/``t2``
+    [N, C] their (soft) targets; a weight vector of ones gives exactly ``metric_score``. Replicates
+    in which a class draws no image have no prototype for it and come back as NaN.
+    """
+    p1, p2, t1, t2 = (x.to(torch.float64) for x in (p1, p2, t1, t2))
+    log_p2 = p2.clamp_min(EPS).log()
+    self_term = (p2 * log_p2).sum(-1)  # Σ_c p log p per image, the part of KL(p ‖ c) that c does not touch
+    devs, cmis = [], []
+    for w in weights.to(torch.float64).split(chunk):
+        num = torch.einsum("bn,ny,nc->byc", w, t1, p1)
+        den = torch.einsum("bn,ny->by", w, t1)
+        q = num / den.unsqueeze(-1)  # empty class: 0/0 = NaN, carried to its replicate
+        devs.append(-q.diagonal(dim1=1, dim2=2).clamp_min(EPS).log().mean(-1))
+        c = torch.einsum("ny,byc->bnc", t2, q)
+        kl = self_term - (p2 * c.clamp_min(EPS).log()).sum(-1)  # [B, N]
+        cmis.append((w * kl).sum(-1) / w.sum(-1))
+    dev, cmi = torch.cat(devs), torch.cat(cmis)
+    return {"dev": dev, "cmi": cmi, "m": dev - cmi}

@@ -1,80 +1,171 @@
-"""Streaming, two-pass scoring of candidate DAs with a frozen teacher (plain torch, no Lightning)."""
+"""Scoring candidate DAs with a frozen teacher (and, optionally, the calibrated student): two passes
+over the same images per candidate give every selector at once (plain torch, no Lightning).
+
+Selectors, each "lower is predicted better" (SELECTORS):
+    m            M = DEV − CMI (Kur & Zhao; METHOD.md §1), the default
+    variance     the baseline of Wang et al. (METHOD.md §1): std across groups of 5 outputs
+    cmi          −CMI alone
+    dev          DEV alone
+    entropy      the teacher's mean entropy on the augmented images
+    teacher_acc  −(the teacher's top-1 accuracy on the augmented images)
+    student_m    M computed with the calibrated low-bit student instead of the teacher
+Each score carries a standard error: a bootstrap over images (M, DEV, CMI, student M), over groups
+(variance), or the standard error of a mean (entropy, accuracy).
+"""
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daqkd.metric.core import EPS, cmi_sum, label_deviation, prototype_sums, prototypes_from_sums, soft_targets
+from daqkd.metric.core import EPS, bootstrap_metric, entropy, metric_score, soft_targets, variance_groups
 from daqkd.torchutil import eval_mode, hard_labels
 
 log = logging.getLogger(__name__)
 
+BOOTSTRAP = 200  # resamples behind each standard error
+
 
 @dataclass
 class AugmentScore:
-    """One candidate's record: the metric's parts plus the teacher's accuracy and CE on the DA."""
+    """One candidate's record: every selector's raw quantity with its standard error (``*_se``),
+    the teacher's CE, the number of images and the seconds taken."""
 
     name: str
-    cmi: float
-    dev: float
     m: float
+    dev: float
+    cmi: float
+    variance: float
+    entropy: float
     teacher_acc: float
     teacher_ce: float
     num_samples: int
     seconds: float
+    m_se: float = math.nan
+    dev_se: float = math.nan
+    cmi_se: float = math.nan
+    variance_se: float = math.nan
+    entropy_se: float = math.nan
+    teacher_acc_se: float = math.nan
+    student_m: float = math.nan  # NaN when no student was scored
+    student_m_se: float = math.nan
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> AugmentScore:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# selector name -> (value to minimise, the raw field it comes from)
+SELECTORS: dict[str, tuple[Callable[[AugmentScore], float], str]] = {
+    "m": (lambda s: s.m, "m"),
+    "variance": (lambda s: s.variance, "variance"),
+    "cmi": (lambda s: -s.cmi, "cmi"),
+    "dev": (lambda s: s.dev, "dev"),
+    "entropy": (lambda s: s.entropy, "entropy"),
+    "teacher_acc": (lambda s: -s.teacher_acc, "teacher_acc"),
+    "student_m": (lambda s: s.student_m, "student_m"),
+}
+
+
+def selector_value(score: AugmentScore, selector: str) -> float:
+    """The value ``selector`` minimises for this candidate (lower is predicted better)."""
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
+    return SELECTORS[selector][0](score)
+
+
+def selector_se(score: AugmentScore, selector: str) -> float:
+    return getattr(score, SELECTORS[selector][1] + "_se")
+
+
+@dataclass
+class Passes:
+    """Two passes over the same N images: softmax outputs [N, C] and (soft) targets [N, C] of each."""
+
+    p1: torch.Tensor
+    t1: torch.Tensor
+    p2: torch.Tensor
+    t2: torch.Tensor
+
 
 @torch.no_grad()
-def _teacher_probs(teacher: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
-    return F.softmax(teacher(images.to(device, non_blocking=True)).float(), dim=1)
+def two_passes(networks: Sequence[nn.Module], loader: Iterable, num_classes: int, device="cpu") -> list[Passes]:
+    """Run every network in eval mode over two iterations of ``loader`` (two draws of each image's
+    augmentation) and keep their softmax outputs: the data pipeline runs once for all networks."""
+    outs = [[[], []] for _ in networks]
+    targets: list[list[torch.Tensor]] = [[], []]
+    with eval_mode(*networks):
+        for k in range(2):
+            for images, labels in loader:
+                x = images.to(device, non_blocking=True)
+                for j, net in enumerate(networks):
+                    outs[j][k].append(F.softmax(net(x).float(), dim=1).cpu())
+                targets[k].append(soft_targets(labels, num_classes, torch.float32))
+    t1, t2 = torch.cat(targets[0]), torch.cat(targets[1])
+    if len(t1) != len(t2):
+        raise ValueError("the two metric passes saw different numbers of images; the loader must not drop or reshuffle")
+    return [Passes(torch.cat(o[0]), t1, torch.cat(o[1]), t2) for o in outs]
 
 
-@torch.no_grad()
-def score_augmentation(
-    name: str, teacher: nn.Module, loader: Iterable, num_classes: int, device: torch.device | str = "cpu"
-) -> AugmentScore:
-    """Score one DA: pass 1 builds the prototypes, pass 2 (fresh draws) the CMI (METHOD.md §1).
+def _bootstrap_weights(n: int, seed: int, draws: int = BOOTSTRAP) -> torch.Tensor:
+    """Multinomial resampling counts [draws, n] of n images, fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (draws, n), generator=gen)
+    return torch.zeros(draws, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(draws, n, dtype=torch.float64))
 
-    ``loader`` yields (images, targets) exactly as training would see them and is iterated twice.
-    The teacher runs in eval mode (BN running statistics, no dropout); its mode is restored after.
-    Memory is O(C²) whatever the number of samples.
-    """
-    start = time.perf_counter()
-    with eval_mode(teacher):
-        num = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-        den = torch.zeros(num_classes, dtype=torch.float64)
-        for images, targets in loader:
-            p = _teacher_probs(teacher, images, device).cpu()
-            bn, bd = prototype_sums(p, targets, num_classes)
-            num += bn
-            den += bd
-        q = prototypes_from_sums(num, den)
 
-        total_kl = torch.zeros((), dtype=torch.float64)
-        correct = ce = 0.0
-        n = 0
-        for images, targets in loader:
-            p = _teacher_probs(teacher, images, device).cpu()
-            total_kl += cmi_sum(p, targets, q)
-            t = soft_targets(targets, num_classes)
-            correct += float((p.argmax(1) == hard_labels(targets)).sum())
-            ce += float(-(t * p.double().clamp_min(EPS).log()).sum())
-            n += len(p)
-    cmi = float(total_kl / n)
-    dev = float(label_deviation(q))
-    return AugmentScore(
-        name=name, cmi=cmi, dev=dev, m=dev - cmi, teacher_acc=correct / n, teacher_ce=ce / n,
-        num_samples=n, seconds=time.perf_counter() - start,
+def _std(values: torch.Tensor) -> float:
+    ok = values[torch.isfinite(values)]
+    return float(ok.std()) if len(ok) > 1 else math.nan
+
+
+def score_passes(name: str, teacher: Passes, student: Passes | None = None, seconds: float = 0.0,
+                 group_size: int = 5, seed: int = 0) -> AugmentScore:
+    """Every selector for one candidate, from the teacher's (and the student's) two passes."""
+    m = metric_score(teacher.p1, teacher.p2, teacher.t1, teacher.t2, teacher.t1.shape[1])
+    n = len(teacher.p1)
+    weights = _bootstrap_weights(n, seed)
+    boot = bootstrap_metric(teacher.p1, teacher.t1, teacher.p2, teacher.t2, weights)
+    probs = torch.cat([teacher.p1, teacher.p2]).to(torch.float64)
+    targets = torch.cat([teacher.t1, teacher.t2]).to(torch.float64)
+    # Per image, averaged over its two draws: the unit the standard errors count.
+    h = entropy(probs).view(2, n).mean(0)
+    correct = (probs.argmax(1) == hard_labels(targets)).double().view(2, n).mean(0)
+    ce = -(targets * probs.clamp_min(EPS).log()).sum(1).mean()
+    groups = variance_groups(probs, group_size)
+    g_idx = torch.randint(0, len(groups), (BOOTSTRAP, len(groups)), generator=torch.Generator().manual_seed(seed + 1))
+    variance_boot = groups[g_idx].std(1).mean(-1)
+    score = AugmentScore(
+        name=name, m=m["m"], dev=m["dev"], cmi=m["cmi"],
+        variance=float(groups.std(0).mean()), entropy=float(h.mean()), teacher_acc=float(correct.mean()),
+        teacher_ce=float(ce), num_samples=n, seconds=seconds,
+        m_se=_std(boot["m"]), dev_se=_std(boot["dev"]), cmi_se=_std(boot["cmi"]), variance_se=_std(variance_boot),
+        entropy_se=float(h.std() / math.sqrt(n)), teacher_acc_se=float(correct.std() / math.sqrt(n)),
     )
+    if student is not None:
+        score.student_m = metric_score(student.p1, student.p2, student.t1, student.t2, student.t1.shape[1])["m"]
+        score.student_m_se = _std(bootstrap_metric(student.p1, student.t1, student.p2, student.t2, weights)["m"])
+    return score
+
+
+def score_augmentation(name: str, teacher: nn.Module, loader: Iterable, num_classes: int, device="cpu",
+                       student: nn.Module | None = None, seed: int = 0) -> AugmentScore:
+    """Score one DA: pass 1 builds the prototypes, pass 2 (fresh draws) the CMI (METHOD.md §1);
+    every other selector comes from the same two passes. Networks run in eval mode, then restored."""
+    start = time.perf_counter()
+    nets = [teacher] if student is None else [teacher, student]
+    passes = two_passes(nets, loader, num_classes, device)
+    return score_passes(name, passes[0], passes[1] if student is not None else None, time.perf_counter() - start, seed=seed)
 
 
 def score_augmentations(
@@ -85,25 +176,27 @@ def score_augmentations(
     batch_size: int,
     seed: int,
     device: torch.device | str = "cpu",
+    student: nn.Module | None = None,
 ) -> list[AugmentScore]:
-    """Score every candidate DA with the teacher (METHOD.md §1), in order.
+    """Score every candidate DA, in order, with every selector.
 
     Every candidate sees the same class-stratified images (fixed by ``seed``), through the same
-    pipeline training uses (``datamodule.augment_loader``); only the DA's own draws differ.
+    pipeline training uses (``datamodule.augment_loader``); only the DA's own draws differ. With a
+    ``student`` (the calibrated low-bit network), ``student_m`` is scored on the same draws.
     """
     scores = []
     for name in candidates:
         loader = datamodule.augment_loader(name, num_samples, batch_size, seed)
-        s = score_augmentation(name, teacher, loader, datamodule.num_classes, device)
-        log.info("DA metric: %-22s M=%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", name, s.m, s.dev, s.cmi, s.seconds)
+        s = score_augmentation(name, teacher, loader, datamodule.num_classes, device, student, seed)
+        log.info("DA metric: %-22s M=%.4f±%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", name, s.m, s.m_se, s.dev, s.cmi, s.seconds)
         scores.append(s)
     return scores
 
 
 @dataclass
 class Selection:
-    """The training DA and how it was decided: "argmin M" over ``scores``, "fixed" by the config,
-    or "restored" from a checkpoint."""
+    """The training DA and how it was decided: "argmin <selector>" over ``scores``, "fixed" by the
+    config, or restored from a checkpoint."""
 
     selected: str
     how: str
@@ -114,24 +207,28 @@ class Selection:
 
     @classmethod
     def from_dict(cls, d: dict) -> Selection:
-        return cls(d["selected"], d["how"], [AugmentScore(**s) for s in d["scores"]])
+        return cls(d["selected"], d["how"], [AugmentScore.from_dict(s) for s in d["scores"]])
 
 
-def select_augmentation(scores: Sequence[AugmentScore]) -> str:
-    """argmin M (ties: the first candidate)."""
+def select_augmentation(scores: Sequence[AugmentScore], selector: str = "m") -> str:
+    """argmin of ``selector`` (ties: the first candidate)."""
     if not scores:
         raise ValueError("no scored candidates to select from")
-    return min(scores, key=lambda s: s.m).name
+    values = [selector_value(s, selector) for s in scores]
+    if any(math.isnan(v) for v in values):
+        raise ValueError(f"selector {selector!r} has no value for some candidates (student_m needs a quantized student)")
+    return scores[min(range(len(values)), key=values.__getitem__)].name
 
 
-def format_ranking(scores: list[AugmentScore], selected: str | None = None) -> str:
-    """A plain-text table of candidates sorted by M (lowest, i.e. best, first)."""
-    head = f"{'rank':>4}  {'augment':<24} {'M':>9} {'DEV':>9} {'CMI':>9} {'T-acc':>7} {'T-CE':>7} {'n':>6} {'sec':>6}"
-    lines = [head, "-" * len(head)]
-    for r, s in enumerate(sorted(scores, key=lambda s: s.m), 1):
+def format_ranking(scores: list[AugmentScore], selected: str | None = None, selector: str = "m") -> str:
+    """A plain-text table of candidates, best first by ``selector``, each score with its standard error."""
+    head = (f"{'rank':>4}  {'augment':<24} {'M ± se':>16} {'DEV':>7} {'CMI':>7} {'variance':>9} {'entropy':>8} "
+            f"{'T-acc':>6} {'student M':>10} {'n':>6} {'sec':>5}")
+    lines = [f"(ranked by {selector}; lower is predicted better)", head, "-" * len(head)]
+    for r, s in enumerate(sorted(scores, key=lambda s: selector_value(s, selector)), 1):
         mark = "  <- selected" if s.name == selected else ""
         lines.append(
-            f"{r:>4}  {s.name:<24} {s.m:>9.4f} {s.dev:>9.4f} {s.cmi:>9.4f} {s.teacher_acc:>7.4f} "
-            f"{s.teacher_ce:>7.4f} {s.num_samples:>6d} {s.seconds:>6.1f}{mark}"
+            f"{r:>4}  {s.name:<24} {s.m:>8.4f} ± {s.m_se:<5.4f} {s.dev:>7.4f} {s.cmi:>7.4f} {s.variance:>9.4f} {s.entropy:>8.4f} "
+            f"{s.teacher_acc:>6.3f} {s.student_m:>10.4f} {s.num_samples:>6d} {s.seconds:>5.1f}{mark}"
         )
     return "\n".join(lines)

@@ -93,5 +93,6 @@ def test_flip_and_padding_change_the_training_images(make_cfg, first_train_batch
 def test_a_misspelt_source_option_is_an_error_naming_the_allowed_ones(make_cfg):
     from hydra.errors import InstantiationException
 
-    with pytest.raises((ValueError, InstantiationException), match=r"source_options.serch_dirs is not an option of the fashion_mnist reader; allowed: search_dirs"):
+    expected = r"source_options.serch_dirs is not an option of the fashion_mnist reader; allowed: search_dirs"
+    with pytest.raises((ValueError, InstantiationException), match=expected):
         build.build_datamodule(make_cfg("+dataset.datamodule.source_options.serch_dirs=[/x]"))

@@ -19,11 +19,14 @@ def test_metric_num_samples_is_what_the_teacher_scores(make_cfg, n):
     cfg = make_cfg(f"metric.num_samples={n}", "augment.pool=[minimal,cutmix]")
     dm = build.build_datamodule(cfg)
     teacher = build.build_model(cfg).eval()
-    seen = []
+    student = build.build_student(cfg, teacher, dm)
+    seen, seen_student = [], []
     teacher.register_forward_pre_hook(lambda m, inp: seen.append(len(inp[0])))
+    student.register_forward_pre_hook(lambda m, inp: seen_student.append(len(inp[0])))
     cb = build.build_selection(cfg, None)
-    cb.setup(_Trainer(dm), types.SimpleNamespace(teacher=teacher), "fit")
+    cb.setup(_Trainer(dm), types.SimpleNamespace(teacher=teacher, student=student), "fit")
     assert sum(seen) == 2 * 2 * n  # two candidates, two passes each
+    assert sum(seen_student) == 2 * 2 * n  # student_m: the same two passes through the student
     assert dm.train_augment == cb.selection.selected
 
 
@@ -33,7 +36,7 @@ def test_fixed_da_without_scoring_installs_it_and_scores_nothing(make_cfg):
     teacher = build.build_model(cfg).eval()
     teacher.register_forward_pre_hook(lambda m, inp: pytest.fail("scored although metric.score_fixed=false"))
     cb = build.build_selection(cfg, None)
-    cb.setup(_Trainer(dm), types.SimpleNamespace(teacher=teacher), "fit")
+    cb.setup(_Trainer(dm), types.SimpleNamespace(teacher=teacher, student=None), "fit")
     assert dm.train_augment == "augmix" and cb.selection.scores == [] and cb.selection.how == "fixed"
 
 
@@ -42,4 +45,4 @@ def test_a_checkpoint_without_a_selection_is_refused(make_cfg, tmp_path):
     torch.save({"callbacks": {}}, ckpt)
     cb = build.build_selection(make_cfg(), str(ckpt))
     with pytest.raises(RuntimeError, match="holds no DA selection"):
-        cb.setup(_Trainer(build.build_datamodule(make_cfg())), types.SimpleNamespace(teacher=None), "fit")
+        cb.setup(_Trainer(build.build_datamodule(make_cfg())), types.SimpleNamespace(teacher=None, student=None), "fit")

@@ -71,3 +71,33 @@ def test_variance_baseline_by_hand():
     probs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
     # groups of 2: (0.5, 0.5), (1, 0); std over groups per class (unbiased) = 0.3536 each
     assert float(variance_score(probs, group_size=2)) == pytest.approx(math.sqrt(0.125), rel=1e-6)
+
+
+def test_entropy_and_variance_groups_by_hand():
+    from daqkd.metric import entropy, variance_groups
+
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.9, 0.1]], dtype=torch.float64)
+    assert entropy(p).tolist() == pytest.approx([math.log(2), 0.0, -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))])
+    g = variance_groups(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.5, 0.5]]), group_size=2)
+    assert g.tolist() == [[0.5, 0.5], [1.0, 0.0]]  # the trailing partial group is dropped
+
+
+def test_bootstrap_metric_equals_the_core_on_each_resample():
+    from daqkd.metric import bootstrap_metric
+
+    gen = torch.Generator().manual_seed(0)
+    n, c = 40, 4
+    labels = torch.arange(n) % c
+    p1, p2 = (torch.softmax(torch.randn(n, c, generator=gen) * 2, 1).double() for _ in range(2))
+    t = torch.nn.functional.one_hot(labels, c).double()
+    idx = torch.cat([torch.arange(c), torch.randint(0, n, (n - c,), generator=gen)])  # every class drawn
+    w = torch.stack([torch.ones(n, dtype=torch.float64), torch.bincount(idx, minlength=n).double()])
+    boot = bootstrap_metric(p1, t, p2, t, w)
+    full = metric_score(p1, p2, labels, labels, c)
+    resampled = metric_score(p1[idx], p2[idx], labels[idx], labels[idx], c)
+    for key in ("m", "dev", "cmi"):
+        assert float(boot[key][0]) == pytest.approx(full[key], rel=1e-10)  # weights of one: the plain metric
+        assert float(boot[key][1]) == pytest.approx(resampled[key], rel=1e-10)  # counts: the resampled data
+    lonely = torch.zeros(1, n, dtype=torch.float64)
+    lonely[0, labels != 3] = 1.0  # class 3 never drawn: no prototype, no value
+    assert math.isnan(float(bootstrap_metric(p1, t, p2, t, lonely)["m"][0]))

@@ -1,0 +1,73 @@
+"""``python -m daqkd.score [group=option ...]``: rank a pool of DAs without training a student.
+
+The same config groups and teacher resolution as ``python -m daqkd.run``: the teacher comes from
+``teacher.ckpt``, the cache or training; the student is built and calibrated exactly as a run
+builds it (for ``student_m``). Every candidate of ``augment.pool`` (``pool=paper`` or
+``pool=reference16``; with ``augment=<name>``, that one DA) is scored with every selector, on the
+same images. Prints the ranking by ``metric.selector`` and writes ``scores.csv`` and
+``scores.json`` into the output folder (``outputs/score/<date_time>/``).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from daqkd.build import build_datamodule, build_device, build_student, build_teacher
+from daqkd.config import config_dir, normalize_overrides, validate_config
+from daqkd.io import atomic_write_json
+from daqkd.metric import AugmentScore, format_ranking, score_augmentations, select_augmentation
+
+log = logging.getLogger("daqkd")
+
+
+def score(cfg: DictConfig) -> dict:
+    """Score the pool; returns what it writes to scores.json."""
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    teacher = build_teacher(cfg, datamodule)
+    L.seed_everything(cfg.seed, workers=True)
+    student = build_student(cfg, teacher.model, datamodule)
+    candidates = list(cfg.augment.pool) if cfg.augment.name == "auto" else [cfg.augment.name]
+    m, device = cfg.metric, build_device(cfg)
+    scores = score_augmentations(teacher.model.to(device), datamodule, candidates, m.num_samples, m.batch_size, m.seed,
+                                 device, student.to(device))
+    best = select_augmentation(scores, m.selector)
+    print(format_ranking(scores, best, m.selector))
+    with open(output_dir / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(AugmentScore)])
+        writer.writeheader()
+        writer.writerows(s.as_dict() for s in scores)
+    result = {
+        "selector": m.selector,
+        "best": best,
+        "scores": [s.as_dict() for s in scores],
+        "teacher": {"ckpt": teacher.ckpt, "test_acc": teacher.test_acc, "source": teacher.source},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(output_dir / "scores.json", result)
+    log.info("Scored %d DAs; best by %s: %s | %s", len(scores), m.selector, best, output_dir / "scores.json")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def hydra_main(cfg: DictConfig) -> None:
+    score(cfg)
+
+
+def main() -> None:
+    sys.argv[1:] = normalize_overrides(sys.argv[1:]) + ["task_name=score"]
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

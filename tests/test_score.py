@@ -1,0 +1,50 @@
+"""``python -m daqkd.score`` ranks a pool without training a student; a real tiny grid runs end to
+end through the score command, a multirun with a failing job, and the report (daqkd/score.py)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from daqkd.score import score
+
+
+def test_score_ranks_the_pool_and_writes_its_files(make_cfg, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("daqkd.build.QATKDModule", lambda *a, **k: pytest.fail("score built a training module"))
+    result = score(make_cfg("augment.pool=[minimal,cutmix,trivialaugment]"))
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "scores.json").read_text())
+    assert [s["name"] for s in on_disk["scores"]] == ["minimal", "cutmix", "trivialaugment"]
+    assert on_disk["best"] == min(on_disk["scores"], key=lambda s: s["m"])["name"] == result["best"]
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 3 and {"m", "m_se", "variance", "student_m", "teacher_acc"} <= set(rows[0])
+    assert all(float(r["m_se"]) > 0 and float(r["num_samples"]) == 100 for r in rows)
+    assert "<- selected" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_real_tiny_grid_end_to_end(tmp_path):
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
+
+    def cli(module, *args):
+        p = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p
+
+    fast = ["debug=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64"]
+    cli("daqkd.score", *fast, "augment.pool=[minimal,cutmix,trivialaugment]")
+    assert len(list((tmp_path / "outputs" / "score").glob("*/scores.json"))) == 1
+    # 3 DAs × 1 seed, plus a batch size of 0 that fails in each of its 3 jobs: the sweep goes on.
+    cli("daqkd.run", "experiment=grid_fashion_mnist_da", *fast, "hydra.sweeper.params.augment='minimal,cutmix,auto'",
+        "hydra.sweeper.params.seed=0", "augment.pool=[minimal,cutmix,trivialaugment]",
+        "dataset.datamodule.batch_size=64,0", f"hydra.sweep.dir={tmp_path}/sweep")
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
+    assert len(results) == 6
+    failed = [r for r in results if r["status"] == "failed"]
+    assert len(failed) == 3 and all("batch_size" in r["error"] for r in failed)
+    assert len(list((tmp_path / ".cache" / "teachers").glob("*.pt"))) == 1  # one teacher for the seed, reused
+    report = cli("daqkd.report", str(tmp_path / "sweep"))
+    assert "3 runs, 3 failed and left out" in report.stdout and "auto (" in report.stdout
+    assert (tmp_path / "sweep" / "scatter.png").is_file()
