@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.daqkd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: setup data run test test-fast lint bench clean
+.PHONY: setup data run test test-fast lint bench clean clean-cache
 
 setup: $(STAMP)
 
@@ -50,5 +50,9 @@ lint: $(STAMP)
 bench: data
 	$(PY) -m daqkd.bench $(ARGS)
 
+# Never touches results (outputs/, multirun/) or caches: `make clean-cache` removes the cached teachers.
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+
+clean-cache:
+	rm -rf "$${DAQKD_CACHE:-$${DAQKD_ROOT:-.}/.cache}"

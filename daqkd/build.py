@@ -51,13 +51,24 @@ def teacher_recipe(cfg: DictConfig) -> TeacherRecipe:
     return TeacherRecipe(max_epochs=t.max_epochs, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
 
 
-def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What, besides the recipe, determines a trained teacher (the cache key)."""
+def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, Any]:
+    """Everything, besides the recipe, that shapes a trained teacher: the cache key. The data enter
+    by content (a fingerprint of the images or of the file list, and of the training split), so a
+    second folder of the same class count never gets the first one's teacher."""
+    d = cfg.dataset.datamodule
     return {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
-        "train_subset": cfg.dataset.datamodule.get("train_subset"),
-        "val_size": cfg.dataset.datamodule.val_size,
+        "num_classes": cfg.dataset.num_classes,
+        "in_channels": cfg.dataset.in_channels,
+        "image_size": cfg.dataset.image_size,
+        "data": datamodule.fingerprint(),
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "padding": d.padding,
+        "flip": d.flip,
+        "batch_size": d.batch_size,
+        "limit_train_batches": cfg.teacher.get("limit_train_batches"),
         "seed": cfg.seed,
     }
 
@@ -72,7 +83,7 @@ def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: 
         **(trainer_kwargs or {}),
     }
     return resolve_teacher(
-        lambda: build_model(cfg), datamodule, teacher_identity(cfg), teacher_recipe(cfg), cfg.paths.cache_dir,
+        lambda: build_model(cfg), datamodule, teacher_identity(cfg, datamodule), teacher_recipe(cfg), cfg.paths.cache_dir,
         ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw,
     )
 

@@ -8,15 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from daqkd.augment import available_augments, build_augmentation
+from daqkd.errors import ConfigError
 from daqkd.metric.scoring import SELECTORS
 from daqkd.quant import check_bits, check_first_last
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def config_dir() -> Path:
@@ -90,8 +87,77 @@ def check_target_blocks(cfg: DictConfig) -> None:
         check_keys(given, target, path)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _at_least(n):
+    return lambda v: _is_int(v) and v >= n
+
+
+def _fraction_or_count(v) -> bool:
+    return (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1)
+
+
+def _batches(v) -> bool:
+    return v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
+
+
+# Every number a user sets: (key, test, what is allowed, an example). Absent keys are skipped.
+NUMBERS: list[tuple[str, Callable[[Any], bool], str, str]] = [
+    ("seed", _is_int, "an integer", "seed=0"),
+    ("dataset.num_classes", _at_least(2), "an integer ≥ 2", "dataset.num_classes=10"),
+    ("dataset.in_channels", lambda v: v in (1, 3), "1 or 3", "dataset.in_channels=3"),
+    ("dataset.image_size", _at_least(8), "an integer ≥ 8", "dataset.image_size=32"),
+    ("dataset.datamodule.batch_size", _at_least(1), "an integer ≥ 1", "dataset.datamodule.batch_size=128"),
+    ("dataset.datamodule.eval_batch_size", _at_least(1), "an integer ≥ 1", "dataset.datamodule.eval_batch_size=500"),
+    ("dataset.datamodule.num_workers", _at_least(0), "an integer ≥ 0", "dataset.datamodule.num_workers=2"),
+    ("dataset.datamodule.padding", _at_least(0), "an integer ≥ 0", "dataset.datamodule.padding=4"),
+    ("dataset.datamodule.val_size", _fraction_or_count, "an image count ≥ 1 or a fraction in (0, 1)",
+     "dataset.datamodule.val_size=0.1"),
+    ("dataset.datamodule.train_subset", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1",
+     "dataset.datamodule.train_subset=5000"),
+    ("dataset.datamodule.test_subset", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1",
+     "dataset.datamodule.test_subset=1000"),
+    ("teacher.max_epochs", _at_least(1), "an integer ≥ 1", "teacher.max_epochs=4"),
+    ("teacher.lr", lambda v: _is_num(v) and v > 0, "a number > 0", "teacher.lr=0.1"),
+    ("teacher.momentum", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)", "teacher.momentum=0.9"),
+    ("teacher.weight_decay", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "teacher.weight_decay=5e-4"),
+    ("teacher.limit_train_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "teacher.limit_train_batches=0.5"),
+    ("optim.optimizer.lr", lambda v: _is_num(v) and v > 0, "a number > 0", "optim.optimizer.lr=1e-3"),
+    ("optim.optimizer.weight_decay", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "optim.optimizer.weight_decay=1e-4"),
+    ("optim.quant_lr", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "optim.quant_lr=1e-5"),
+    ("trainer.max_epochs", _at_least(1), "an integer ≥ 1", "trainer.max_epochs=2"),
+    ("trainer.limit_train_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_train_batches=0.5"),
+    ("trainer.limit_val_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_val_batches=10"),
+    ("trainer.limit_test_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_test_batches=10"),
+    ("metric.batch_size", _at_least(1), "an integer ≥ 1", "metric.batch_size=500"),
+    ("metric.num_samples", lambda v: v is None or _is_int(v), "null or an integer", "metric.num_samples=2000"),
+    ("quantizer.calibration_size", _at_least(1), "an integer ≥ 1", "quantizer.calibration_size=256"),
+    ("quantizer.weight.delta", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "quantizer.weight.delta=1e-3"),
+    ("quantizer.callback.num_batches", _at_least(1), "an integer ≥ 1", "quantizer.callback.num_batches=3"),
+    ("quantizer.callback.probes", _at_least(1), "an integer ≥ 1", "quantizer.callback.probes=4"),
+    ("kd.gamma", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "kd.gamma=1.0"),
+    ("kd.alpha", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "kd.alpha=2.0"),
+    ("kd.beta", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "kd.beta=0"),
+    ("kd.temperature", lambda v: _is_num(v) and v > 0, "a number > 0", "kd.temperature=4.0"),
+]
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    for key, ok, what, example in NUMBERS:
+        value = OmegaConf.select(cfg, key, default="__absent__")
+        if value != "__absent__" and not ok(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: expected {what}, e.g. {example}")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the key, the value and what is allowed."""
+    check_numbers(cfg)
     try:
         check_bits(cfg.bits.w, "bits.w")
         check_bits(cfg.bits.a, "bits.a")
@@ -112,7 +178,7 @@ def validate_config(cfg: DictConfig) -> None:
     if n is not None and n < cfg.dataset.num_classes:
         raise ConfigError(
             f"metric.num_samples={n} is below the number of classes ({cfg.dataset.num_classes}); every class "
-            "needs samples for its prototype. Use at least 10 per class, or null for the whole training split."
+            "needs samples for its prototype. Use at least 10 per class, e.g. metric.num_samples=2000, or null for the whole training split."
         )
     if cfg.metric.selector not in SELECTORS:
         raise ConfigError(f"metric.selector={cfg.metric.selector} is not a selector; choose one of {', '.join(SELECTORS)}, e.g. metric.selector=m")

@@ -7,13 +7,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-
-class CheckpointError(RuntimeError):
-    pass
+from daqkd.errors import CheckpointError
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -104,3 +104,18 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         )
     model.load_state_dict(state)
     return model
+
+
+class CheckpointOnSigterm(L.Callback):
+    """On SIGTERM (a scheduler's pre-emption, ``kill``) Lightning stops at the next batch boundary;
+    this writes ``dirpath/last.ckpt`` (atomically) before the process exits, so ``ckpt_path=last``
+    resumes from there."""
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self.saved = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(self.saved)

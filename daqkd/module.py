@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from daqkd.errors import TrainingDiverged
 from daqkd.kd import Distiller, cross_entropy
 from daqkd.quant import quantizer_parameters
 from daqkd.torchutil import hard_labels
@@ -16,7 +17,7 @@ from daqkd.torchutil import hard_labels
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
-        raise FloatingPointError(
+        raise TrainingDiverged(
             f"{where}: the loss is {loss.item()}. Lower the learning rate (optim.optimizer.lr, optim.quant_lr), "
             "check the data normalisation, or resume from the last good checkpoint with ckpt_path=last."
         )

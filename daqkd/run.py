@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from daqkd.build import (
@@ -30,7 +32,9 @@ from daqkd.build import (
     resolve_ckpt_path,
 )
 from daqkd.config import config_dir, normalize_overrides, validate_config
-from daqkd.io import atomic_write_json
+from daqkd.errors import Preempted, reported_as_one_line
+from daqkd.io import CheckpointOnSigterm, atomic_write_json
+from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
 
 log = logging.getLogger("daqkd")
@@ -47,11 +51,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
 
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     teacher = build_teacher(cfg, datamodule)
     log.info("Teacher (%s, %s): test accuracy %.4f", teacher.source, teacher.ckpt, teacher.test_acc)
+    seconds["teacher"] = time.perf_counter() - clock
 
     L.seed_everything(cfg.seed, workers=True)
     resume_from = resolve_ckpt_path(cfg)
@@ -59,11 +66,23 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     student = build_student(cfg, teacher.model, datamodule if resume_from is None else None)
     module = build_module(cfg, student, teacher.model, datamodule)
     selector = build_selection(cfg, resume_from)
-    trainer = build_trainer(cfg, [selector, *build_callbacks(cfg), *extra_callbacks])
+    preemption = CheckpointOnSigterm(cfg.callbacks.model_checkpoint.dirpath)
+    trainer = build_trainer(cfg, [selector, preemption, *build_callbacks(cfg), *extra_callbacks])
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    clock = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SIGTERMException:
+        raise Preempted(
+            f"received SIGTERM; saved {preemption.saved} and stopped. Resume with "
+            f"python -m daqkd.run <the same overrides> hydra.run.dir={output_dir} ckpt_path=last"
+        ) from None
+    seconds["scoring"] = selector.seconds
+    seconds["fit"] = time.perf_counter() - clock - selector.seconds
+    clock = time.perf_counter()
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    seconds["test"] = time.perf_counter() - clock
 
     (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")
     selection = selector.selection
@@ -71,7 +90,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         "status": "ok",
         "selected_augment": selection.selected,
         "augment_scores": [s.as_dict() for s in selection.scores],
-        "teacher": {"ckpt": teacher.ckpt, "test_acc": teacher.test_acc, "source": teacher.source},
+        "teacher": {"ckpt": teacher.ckpt, "sha256": sha256_file(teacher.ckpt), "test_acc": teacher.test_acc, "source": teacher.source},
         "student": {
             "test_acc": float(test_metrics["test/acc"]),
             "test_loss": float(test_metrics["test/loss"]),
@@ -82,6 +101,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
             "kd": cfg.kd.name,
             "epochs": trainer.current_epoch,
         },
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "provenance": provenance(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     atomic_write_json(output_dir / "results.json", results)
@@ -108,11 +130,12 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        with reported_as_one_line():
+            return train(cfg)["student"]["test_acc"]  # the sweep objective
     try:
-        return train(cfg)["student"]["test_acc"]  # the sweep objective
+        return train(cfg)["student"]["test_acc"]
     except Exception as e:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            raise
         # In a sweep one failing job must not end the others: record it and go on.
         record_failure(cfg, e)
         log.error("job %s failed (%s: %s); recorded in %s/results.json, the sweep goes on",

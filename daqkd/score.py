@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from daqkd.build import build_datamodule, build_device, build_student, build_teacher
 from daqkd.config import config_dir, normalize_overrides, validate_config
+from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
 from daqkd.metric import AugmentScore, format_ranking, score_augmentations, select_augmentation
 
@@ -61,7 +62,8 @@ def score(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
-    score(cfg)
+    with reported_as_one_line():
+        score(cfg)
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from daqkd.io import CheckpointError, atomic_torch_save, load_weights
+from daqkd.errors import CheckpointError, TrainingDiverged
+from daqkd.io import atomic_torch_save, load_weights
 from daqkd.torchutil import eval_mode, hard_labels
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class TeacherModule(L.LightningModule):
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"teacher training: loss is {loss.item()} at step {self.global_step}; lower teacher.lr")
+            raise TrainingDiverged(f"teacher training: the loss is {loss.item()} at step {self.global_step}; lower teacher.lr")
         self.train_acc(logits.detach(), hard_labels(y))
         self.log("teacher/loss", loss, prog_bar=True)
         self.log("teacher/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)

@@ -11,15 +11,17 @@ from omegaconf import DictConfig
 
 from daqkd.build import build_datamodule, build_teacher
 from daqkd.config import config_dir, normalize_overrides, validate_config
+from daqkd.errors import reported_as_one_line
 
 log = logging.getLogger("daqkd")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    validate_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    info = build_teacher(cfg, build_datamodule(cfg))
+    with reported_as_one_line():
+        validate_config(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        info = build_teacher(cfg, build_datamodule(cfg))
     log.info("Teacher %s/%s (%s): %s, test accuracy %.4f", cfg.dataset.name, cfg.model.name, info.source, info.ckpt, info.test_acc)
     return info.test_acc
 

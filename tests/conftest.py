@@ -100,3 +100,53 @@ def inner_conv_grad():
         return module.student.layer2[0].conv1.weight.grad.clone()
 
     return grad
+
+
+@pytest.fixture(scope="session")
+def quantizer_factories():
+    """name -> (weight factory, activation factory, output scale) for every quantizer, as its YAML pairs them."""
+    import functools
+
+    from daqkd.quant import DoReFaQuantizer, EWGSQuantizer, LSQQuantizer, PACTQuantizer
+
+    ewgs = functools.partial(EWGSQuantizer, delta_mode="fixed")
+    return {
+        "ewgs": (ewgs, ewgs, True),
+        "pact": (DoReFaQuantizer, PACTQuantizer, True),
+        "lsq": (LSQQuantizer, LSQQuantizer, False),
+        "dorefa": (DoReFaQuantizer, DoReFaQuantizer, True),
+    }
+
+
+@pytest.fixture(scope="session")
+def briefly_trained(session_cfg):
+    """briefly_trained(model_name) -> that model trained in full precision for a few dozen steps on
+    real Fashion-MNIST (once per session), in eval mode."""
+    import torch.nn.functional as F
+
+    from daqkd.models import create_model
+
+    dm = build.build_datamodule(session_cfg())
+    trained = {}
+
+    def get(name: str, steps: int = 60):
+        if name not in trained:
+            torch.manual_seed(0)
+            model = create_model(name, 10, 1, image_size=28)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            batches = iter(dm.train_loader("minimal"))
+            model.train()
+            for _ in range(steps):
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    batches = iter(dm.train_loader("minimal"))
+                    x, y = next(batches)
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            trained[name] = model.eval()
+        return trained[name]
+
+    return get

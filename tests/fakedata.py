@@ -22,9 +22,11 @@ def write_cifar(root, name, n_per_file=12):
     return folder
 
 
-def write_image(path, size=64, seed=0, fmt=None):
+def write_image(path, size=64, seed=0, fmt=None, grey=False):
+    """A random image file: RGB, or one grey channel (mode "L") with ``grey``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    shape = (size, size) if grey else (size, size, 3)
+    arr = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
     Image.fromarray(arr).save(path, format=fmt)
 
 
@@ -61,3 +63,13 @@ def make_fmnist(folder, n_train=40, n_test=20, compress=True):
     for split, n in (("train", n_train), ("t10k", n_test)):
         write_idx(folder / f"{split}-images-idx3-ubyte{sfx}", rng.integers(0, 256, (n, 28, 28)), compress)
         write_idx(folder / f"{split}-labels-idx1-ubyte{sfx}", np.arange(n) % 10, compress)
+
+
+def make_folder(root, with_val=True, per_class=6, grey=False):
+    """An ImageFolder tree: train/{cat,dog,owl}/*.png (and val/ with two per class), 40×40 random images."""
+    for i, c in enumerate(("cat", "dog", "owl")):
+        for k in range(per_class):
+            write_image(root / "train" / c / f"{k}.png", size=40, seed=100 * i + k, grey=grey)
+        if with_val:
+            for k in range(2):
+                write_image(root / "val" / c / f"v{k}.png", size=40, seed=500 + k, grey=grey)

@@ -142,3 +142,42 @@ def test_teacher_recipe_values_change_the_teacher(make_cfg, tmp_path):
         assert not torch.allclose(w, base), over
     _, n2 = trained("teacher.max_epochs=2")
     assert n2 == 4
+
+
+def test_the_teacher_cache_key_covers_everything_that_shapes_the_teacher(make_cfg, tmp_path):
+    """Each of these changes the trained teacher, so each must miss the cache (a new key)."""
+    from fakedata import write_image
+
+    from daqkd.teacher import cache_key
+
+    for name, classes in (("a", ("x", "y")), ("b", ("x", "y")), ("grey", ("x", "y"))):
+        for i, c in enumerate(classes):
+            for k in range(6):
+                write_image(tmp_path / name / "train" / c / f"{k}.png", size=16, seed=1000 * (name == "b") + 10 * i + k,
+                            grey=name == "grey")
+    folder = ["dataset=imagefolder", "dataset.num_classes=2", "dataset.image_size=16", "dataset.datamodule.val_size=2"]
+
+    def key(*over):
+        cfg = make_cfg(*folder, f"dataset.datamodule.source_options.folder={tmp_path}/a", *over)
+        return cache_key({**build.teacher_identity(cfg, build.build_datamodule(cfg)), "recipe": vars(build.teacher_recipe(cfg))})
+
+    base = key()
+    assert key() == base  # the same config finds the same teacher
+    changes = {
+        "another folder of the same class count": [f"dataset.datamodule.source_options.folder={tmp_path}/b"],
+        "channels": ["dataset.in_channels=1", "dataset.datamodule.mean=[0.5]", "dataset.datamodule.std=[0.25]",
+                     f"dataset.datamodule.source_options.folder={tmp_path}/grey"],
+        "image size": ["dataset.image_size=12"],
+        "normalisation": ["dataset.datamodule.mean=[0.4,0.4,0.4]"],
+        "padding": ["dataset.datamodule.padding=2"],
+        "flip": ["dataset.datamodule.flip=false"],
+        "batch size": ["dataset.datamodule.batch_size=32"],
+        "limit_train_batches": ["teacher.limit_train_batches=3"],
+        "validation split": ["dataset.datamodule.val_size=4"],
+        "seed": ["seed=1"],
+        "recipe": ["teacher.lr=0.05"],
+        "model": ["model=resnet32"],
+    }
+    keys = {what: key(*over) for what, over in changes.items()}
+    assert all(k != base for k in keys.values()), [w for w, k in keys.items() if k == base]
+    assert len(set(keys.values())) == len(keys)

@@ -180,6 +180,15 @@ def test_smoke_run_writes_everything(make_cfg, tmp_path):
     summary = (out / "quant_summary.txt").read_text()
     assert summary.count("QuantConv2d") == 18 and "out_scale=" in summary
     assert (out / "csv" / "metrics.csv").is_file()
+    # Provenance: what ran, from which code and teacher, how long each stage took, how much memory.
+    from daqkd.provenance import sha256_file
+
+    assert on_disk["teacher"]["sha256"] == sha256_file(on_disk["teacher"]["ckpt"])
+    prov = on_disk["provenance"]
+    assert {"torch", "torchvision", "lightning", "hydra-core"} <= set(prov["versions"])
+    assert prov["git_commit"] is None or len(prov["git_commit"].split("+")[0]) == 40
+    assert set(on_disk["seconds"]) == {"teacher", "scoring", "fit", "test"} and all(v >= 0 for v in on_disk["seconds"].values())
+    assert on_disk["seconds"]["scoring"] > 0 and 100 < on_disk["peak_rss_mb"] < 3000
 
 def test_same_seed_same_scores_and_results_and_teacher_is_cached(make_cfg, tmp_path, monkeypatch):
     overrides = ["paths.cache_dir=" + str(tmp_path / "cache"), "augment.pool=[minimal,trivialaugment,cutmix]"]

@@ -11,6 +11,7 @@ import pytest
 from daqkd.score import score
 
 
+@pytest.mark.slow
 def test_score_ranks_the_pool_and_writes_its_files(make_cfg, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("daqkd.build.QATKDModule", lambda *a, **k: pytest.fail("score built a training module"))
     result = score(make_cfg("augment.pool=[minimal,cutmix,trivialaugment]"))

@@ -6,6 +6,7 @@ before Lightning asks for the first loader); changing it after a training loader
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from daqkd.augment import AugmentedImages, AugmentPipeline, SeededSampler, build_augmentation, derive_seed
 from daqkd.data.sampling import split_indices, stratified_indices
 from daqkd.data.sources import check_source_options, load_image_sets
+from daqkd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class ImageDataModule(L.LightningDataModule):
         *,
         padding: int,
         flip: bool,
-        val_size: int,
+        val_size: int | float,
         batch_size: int,
         eval_batch_size: int,
         num_workers: int,
@@ -72,9 +74,12 @@ class ImageDataModule(L.LightningDataModule):
         train, test = load_image_sets(self.name, self.root, download=self.download, **self.source_options)
         shape = tuple(train.image(0).shape)
         if shape[0] != self.in_channels:
-            raise ValueError(f"dataset {self.name}: files have {shape[0]} channels, config says in_channels={self.in_channels}")
+            raise ConfigError(
+                f"dataset {self.name}: the images have {shape[0]} channels, but dataset.in_channels={self.in_channels}; "
+                f"set dataset.in_channels={shape[0]} (with {shape[0]} values in dataset.datamodule.mean and std)"
+            )
         self.train_set, self.test_set = train, test
-        self.train_idx, self.val_idx = split_indices(train.targets, self.val_size, self.seed)
+        self.train_idx, self.val_idx = split_indices(train.targets, self.validation_count(len(train)), self.seed)
         if self.train_subset is not None and self.train_subset < len(self.train_idx):
             keep = stratified_indices(train.targets[self.train_idx], self.train_subset, self.seed + 1)
             self.train_idx = self.train_idx[keep]
@@ -85,6 +90,30 @@ class ImageDataModule(L.LightningDataModule):
             "%s: %d train / %d val / %d test images of shape %s",
             self.name, len(self.train_idx), len(self.val_idx), len(self.test_idx), shape,
         )
+
+    def validation_count(self, n_train: int) -> int:
+        """``val_size`` as an image count: a count, or a fraction of the training split."""
+        n_val = round(self.val_size * n_train) if isinstance(self.val_size, float) else int(self.val_size)
+        n_val = max(n_val, self.num_classes)  # every class keeps a validation image
+        if n_val >= n_train:
+            raise ConfigError(
+                f"dataset.datamodule.val_size={self.val_size} holds out {n_val} of the {n_train} training images, leaving "
+                "none to train on; give a smaller count or a fraction, e.g. dataset.datamodule.val_size=0.1"
+            )
+        if n_val > n_train / 4:
+            log.warning(
+                "dataset.datamodule.val_size=%s holds out %d of %d training images (%.0f%%) for validation; "
+                "a fraction such as val_size=0.1 keeps more to train on", self.val_size, n_val, n_train, 100 * n_val / n_train,
+            )
+        return n_val
+
+    def fingerprint(self) -> str:
+        """A short hash of the training images the teacher sees: the files' content (or the file
+        list) and the split carved from them (validation size, subset, seed)."""
+        self.setup()
+        h = hashlib.sha256(self.train_set.fingerprint().encode())
+        h.update(self.train_idx.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def train_augment(self) -> str | None:
@@ -155,6 +184,14 @@ class ImageDataModule(L.LightningDataModule):
         idx = self.train_idx
         if num_samples is not None and num_samples < len(idx):
             idx = idx[stratified_indices(self.train_set.targets[idx], num_samples, seed)]
+        elif num_samples is not None and num_samples > len(idx):
+            log.warning("metric.num_samples=%d, but the training split has %d images: the metric scores all of them",
+                        num_samples, len(idx))
+        counts = torch.bincount(self.train_set.targets[idx], minlength=self.num_classes)
+        if int(counts.min()) < 5:
+            thin = {c: int(n) for c, n in enumerate(counts.tolist()) if n < 5}
+            log.warning("the DA metric has fewer than 5 images of some classes (class: images %s): their prototypes "
+                        "are noisy; raise metric.num_samples or add images", thin)
         return idx
 
     def augment_loader(self, name: str, num_samples: int | None, batch_size: int, seed: int) -> DataLoader:

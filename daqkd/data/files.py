@@ -7,7 +7,9 @@ later is replaced by the next image, with a warning naming it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,21 +20,27 @@ from torchvision.transforms.v2 import functional as TF
 
 from daqkd.data.sampling import split_indices
 from daqkd.data.sources import register_source
+from daqkd.errors import ConfigError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
-class LayoutError(FileNotFoundError):
-    pass
+class LayoutError(DatasetNotFoundError):
+    """A folder that does not have the expected layout: names the path and the layout."""
 
 
 class ImageFiles:
-    """Image files with labels; ``image(j)`` decodes file j to uint8 RGB [3, size, size]
-    (shorter side resized to ``size``, then centre-cropped; ``size=None`` keeps the file's size)."""
+    """Image files with labels; ``image(j)`` decodes file j to uint8 [channels, size, size], grey
+    (1 channel) or RGB (3), whatever the file holds (shorter side resized to ``size``, then
+    centre-cropped; ``size=None`` keeps the file's size)."""
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[int], size: int | None = None, verify: bool = True):
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], size: int | None = None, verify: bool = True,
+                 channels: int = 3):
+        if channels not in (1, 3):
+            raise ConfigError(f"image files can be read with 1 (grey) or 3 (RGB) channels, not {channels}; set dataset.in_channels")
+        self.mode = "L" if channels == 1 else "RGB"
         paths, targets = list(paths), list(targets)
         self.skipped: list[Path] = []
         if verify:
@@ -50,12 +58,25 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def fingerprint(self) -> str:
+        """A hash of the file list and the files: each file's path below the common folder, its label
+        and its bytes (the first MB), with the decoding mode and size (computed once)."""
+        if not hasattr(self, "_fingerprint"):
+            base = Path(os.path.commonpath([str(p) for p in self.paths]))
+            h = hashlib.sha256(f"{self.mode}|{self.size}".encode())
+            for p, t in zip(self.paths, self.targets.tolist()):
+                h.update(f"{p.relative_to(base) if p != base else p.name}|{t}|".encode())
+                with open(p, "rb") as f:
+                    h.update(f.read(1 << 20))
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
     def image(self, j: int) -> torch.Tensor:
         for k in range(len(self.paths)):
             path = self.paths[(j + k) % len(self.paths)]
             try:
                 with Image.open(path) as im:
-                    img = TF.pil_to_tensor(im.convert("RGB"))
+                    img = TF.pil_to_tensor(im.convert(self.mode))
                 break
             except (OSError, UnidentifiedImageError) as e:
                 warnings.warn(f"cannot decode {path} ({e}); using the next image instead", stacklevel=2)
@@ -130,7 +151,7 @@ def load_tiny_imagenet(root: Path, download: bool = False, image_size: int = 64,
 
 @register_source("imagefolder")
 def load_image_folder(root: Path, download: bool = False, folder: str | None = None, image_size: int = 64,
-                      test_fraction: float = 0.2, verify: bool = True, seed: int = 0):
+                      channels: int = 3, test_fraction: float = 0.2, verify: bool = True, seed: int = 0):
     """``folder/train/<class>/*`` plus ``folder/val/<class>/*`` (the test split), or, without
     ``val/``, a stratified ``test_fraction`` of train held out as the test split."""
     base = Path(folder) if folder else Path(root)
@@ -153,14 +174,21 @@ def load_image_folder(root: Path, download: bool = False, folder: str | None = N
         return paths, targets
 
     paths, targets = scan(train_dir)
+    counts = {c: targets.count(i) for i, c in enumerate(classes)}
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise LayoutError(
+            f"ImageFolder: {train_dir} has class folders with no images: {', '.join(empty)} (images per class: "
+            f"{', '.join(f'{c} {n}' for c, n in counts.items())}). Add images or remove the empty folders."
+        )
     if (base / "val").is_dir():
         extra = sorted(d.name for d in (base / "val").iterdir() if d.is_dir() and d.name not in classes)
         if extra:
             raise LayoutError(f"ImageFolder: {base / 'val'} has classes missing from train: {extra}")
         vp, vt = scan(base / "val")
-        return ImageFiles(paths, targets, image_size, verify), ImageFiles(vp, vt, image_size, verify)
+        return ImageFiles(paths, targets, image_size, verify, channels), ImageFiles(vp, vt, image_size, verify, channels)
     if not 0 < test_fraction < 1:
         raise LayoutError(f"ImageFolder: no {base / 'val'} and test_fraction={test_fraction}; give a fraction in (0, 1)")
     keep, held = split_indices(torch.tensor(targets), max(len(classes), int(round(test_fraction * len(paths)))), seed)
     pick = lambda idx: ([paths[i] for i in idx.tolist()], [targets[i] for i in idx.tolist()])  # noqa: E731
-    return ImageFiles(*pick(keep), image_size, verify), ImageFiles(*pick(held), image_size, verify)
+    return ImageFiles(*pick(keep), image_size, verify, channels), ImageFiles(*pick(held), image_size, verify, channels)

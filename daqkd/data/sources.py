@@ -9,6 +9,7 @@ Nothing here downloads unless asked to; a data set that cannot be found raises
 from __future__ import annotations
 
 import gzip
+import hashlib
 import inspect
 import json
 import logging
@@ -21,11 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from daqkd.errors import ConfigError, DataError, DatasetNotFoundError
+
 log = logging.getLogger(__name__)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    pass
 
 
 _READERS: dict[str, Callable[..., tuple]] = {}
@@ -45,7 +44,7 @@ def register_source(name: str):
 
 def reader(name: str) -> Callable[..., tuple]:
     if name not in _READERS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(sorted(_READERS))}")
+        raise ConfigError(f"unknown data set {name!r}; available: {', '.join(sorted(_READERS))}")
     return _READERS[name]
 
 
@@ -56,7 +55,7 @@ def check_source_options(name: str, options: Mapping[str, Any]) -> None:
     allowed = [p for p in params if p not in ("root", "download")]
     unknown = [k for k in options if k not in allowed]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.datamodule.source_options.{unknown[0]} is not an option of the {name} reader; "
             f"allowed: {', '.join(allowed) or '(none)'}"
         )
@@ -81,6 +80,14 @@ class ImageSet:
     def image(self, j: int) -> torch.Tensor:
         return self.images[j]
 
+    def fingerprint(self) -> str:
+        """A hash of the pixels and the labels (computed once)."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256(self.images.numpy().tobytes())
+            h.update(self.targets.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
 
 # --------------------------------------------------------------------------- Fashion-MNIST (IDX files)
 
@@ -99,16 +106,16 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read IDX file {path}: {e}; delete it and fetch it again") from e
+        raise DataError(f"cannot read IDX file {path}: {e}; delete it and fetch it again") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number); delete it and fetch it again")
+        raise DataError(f"{path} is not an IDX file (bad magic number); delete it and fetch it again")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
-        raise ValueError(f"{path} is truncated: {len(body)} bytes of data, expected {expected} for shape {shape}")
+        raise DataError(f"{path} is truncated: {len(body)} bytes of data, expected {expected} for shape {shape}")
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
@@ -174,9 +181,9 @@ def read_cifar_batches(folder: Path, files: Sequence[str], label_key: bytes) -> 
         except FileNotFoundError:
             raise
         except Exception as e:
-            raise ValueError(f"{path} is not a CIFAR python batch ({type(e).__name__}: {e}); delete the folder and fetch it again") from e
+            raise DataError(f"{path} is not a CIFAR python batch ({type(e).__name__}: {e}); delete the folder and fetch it again") from e
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{path}: data has shape {data.shape}, expected [N, 3072]")
+            raise DataError(f"{path}: data has shape {data.shape}, expected [N, 3072]")
         images.append(data.reshape(-1, 3, 32, 32))
     return ImageSet(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
 

@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from daqkd.config import config_dir, normalize_overrides
+from daqkd.errors import reported_as_one_line
 
 
 def channel_stats(datamodule, max_images: int | None = None) -> tuple[list[float], list[float]]:
@@ -29,11 +30,16 @@ def channel_stats(datamodule, max_images: int | None = None) -> tuple[list[float
 
 def main(argv: list[str]) -> int:
     overrides = normalize_overrides(argv) + ["paths.output_dir=."]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    dm = instantiate(cfg.dataset.datamodule)
-    mean, std = channel_stats(dm)
-    print(f"# {cfg.dataset.name}: {len(dm.train_idx)} training images\nmean: {mean}\nstd: {std}")
+    with reported_as_one_line():
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        # The statistics are what this computes: the config's own (maybe for another channel count) are not needed.
+        c = cfg.dataset.in_channels
+        cfg.dataset.datamodule.mean, cfg.dataset.datamodule.std = [0.0] * c, [1.0] * c
+        dm = instantiate(cfg.dataset.datamodule)
+        mean, std = channel_stats(dm)
+    print(f"# {cfg.dataset.name}: {len(dm.train_idx)} training images, {c} channel(s); paste into conf/dataset/{cfg.dataset.name}.yaml"
+          f"\ndataset:\n  datamodule:\n    mean: {mean}\n    std: {std}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -55,12 +56,15 @@ class DAMetricCallback(L.Callback):
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.fixed, self.output_dir, self.resume_from = fixed, output_dir, resume_from
         self.selection: Selection | None = None
+        self.seconds = 0.0  # spent deciding (scoring), reported apart from the fit
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         if self.selection is None:
+            start = time.perf_counter()
             self.selection = self._restore() if self.resume_from else self._decide(trainer, pl_module)
+            self.seconds = time.perf_counter() - start
         trainer.datamodule.set_train_augment(self.selection.selected)
 
     def _decide(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Selection:

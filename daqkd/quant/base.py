@@ -26,8 +26,11 @@ class Quantizer(nn.Module):
     """Base class, built as ``Quantizer(bits=, signed=, role=)``.
 
     ``bits``: bit width; ``role``: "weight" or "activation"; ``signed``: whether the input takes
-    negative values (weights, or the raw image in front of the first layer) or not (post-ReLU
-    activations). Subclasses implement ``forward`` and, when they learn from data, ``initialize``.
+    negative values. Weights are signed. For an activation, ``signed`` is only the first guess:
+    ``calibrate`` decides it from what the calibration batch holds (METHOD.md §3, signed
+    activations): an input with any negative value is signed, so a quantizer never silently clips
+    negatives to 0 (which would insert a ReLU, e.g. after MobileNetV2's linear bottlenecks).
+    Subclasses implement ``forward`` and, when they learn from data, ``initialize``.
     """
 
     def __init__(self, bits: int, signed: bool, role: str = "activation"):
@@ -36,13 +39,33 @@ class Quantizer(nn.Module):
             raise ValueError(f"a quantizer needs bits in {ALLOWED_BITS[:-1]}, got {bits}")
         if role not in ROLES:
             raise ValueError(f"quantizer role must be one of {ROLES}, got {role!r}")
-        self.bits, self.signed, self.role = int(bits), bool(signed), role
+        self.bits, self.role = int(bits), role
         # Set once initialised from data; saved in checkpoints so a resumed run is not re-calibrated.
         self.register_buffer("initialized", torch.tensor(False))
+        # The sign decided at calibration, kept as a buffer so checkpoints carry it; the plain
+        # attribute ``signed`` mirrors it for the hot path (no device sync per forward).
+        self.register_buffer("sign", torch.tensor(bool(signed) or role == "weight"))
+        self.signed = bool(self.sign)
+
+    def set_signed(self, signed: bool) -> None:
+        self.sign.fill_(bool(signed))
+        self.signed = bool(signed)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.signed = bool(self.sign)
 
     @property
     def levels(self) -> int:
         return 2**self.bits - 1
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Decide an activation's sign from ``x``, then initialise from it (``initialize``)."""
+        if not self.is_weight:
+            self.set_signed(bool(x.detach().min() < 0))
+        self.initialize(x)
+        self.initialized.fill_(True)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -66,6 +89,39 @@ class Quantizer(nn.Module):
 
 
 QuantizerFactory = Callable[..., Quantizer]  # (bits=, signed=, role=) -> Quantizer
+
+
+@torch.no_grad()
+def mse_range(x: torch.Tensor, levels: int, lower: float, upper: float, steps: int = 80,
+              max_elements: int = 1 << 16) -> tuple[float, float]:
+    """The clipping range [f·lower, f·upper], f ∈ {1/steps, ..., 1}, whose uniform quantization to
+    ``levels`` + 1 values has the least mean squared error on ``x`` (a fixed subsample of it when large).
+
+    How every learnable range starts (calibration): wide at 8 bits, where clipping costs more than
+    rounding, and tight at 2 bits, where it is the other way round; a fixed ±3σ rule is neither.
+    """
+    v = x.detach().flatten().float()
+    if v.numel() > max_elements:
+        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:max_elements].to(v.device)]
+    f = torch.arange(1, steps + 1, dtype=torch.float32, device=v.device) / steps
+    best, best_err = (lower, upper), float("inf")
+    for chunk in f.split(16):
+        lo, hi = (lower * chunk)[:, None], (upper * chunk)[:, None]
+        span = (hi - lo).clamp_min(1e-12)
+        q = torch.round((torch.minimum(torch.maximum(v[None], lo), hi) - lo) / span * levels) / levels * span + lo
+        err = (q - v[None]).pow(2).mean(1)
+        k = int(err.argmin())
+        if float(err[k]) < best_err:
+            best_err, best = float(err[k]), (float(lo[k]), float(hi[k]))
+    if not best[1] > best[0]:  # a constant input: keep a non-degenerate range
+        best = (best[0], best[0] + 1e-3)
+    return best
+
+
+def input_range(x: torch.Tensor, signed: bool) -> tuple[float, float]:
+    """The observed range an activation's clipping range shrinks from: [min, max], or [0, max] unsigned."""
+    x = x.detach()
+    return (float(x.min()) if signed else 0.0), max(float(x.max()), 1e-6)
 
 
 class QuantLayerMixin:
@@ -99,9 +155,9 @@ class QuantLayerMixin:
         """Initialise both quantizers and the output scale (mean|out_fp| / mean|out_q|) on ``x``,
         and pass the quantized output on so later layers calibrate on what they will really see."""
         if self.act_quantizer is not None:
-            self.act_quantizer.initialize(x)
+            self.act_quantizer.calibrate(x)
         if self.weight_quantizer is not None:
-            self.weight_quantizer.initialize(self.weight)
+            self.weight_quantizer.calibrate(self.weight)
         self.calibrating = False
         out_fp = self._linear_op(x, self.weight)
         if self.output_scale is not None:

@@ -3,15 +3,17 @@ Low Bitwidth Gradients", arXiv 1606.06160; METHOD.md §3). No learnable paramete
 
     quantize_k(r) = round((2^k − 1)·r) / (2^k − 1)               (straight-through)
     weights:      w_q = 2·quantize_k(tanh(w) / (2·max|tanh w|) + 1/2) − 1     ∈ [−1, 1]
-    activations:  a_q = quantize_k(clamp(x, 0, 1))                           ∈ [0, 1]
-Signed activations (the image in front of an 8-bit first layer) use clamp(x, −1, 1) mapped to
-[0, 1] and back.
+    activations:  a_q = r·quantize_k(clamp(x/r, 0, 1))                       ∈ [0, r]
+DoReFa-Net bounds its activations to [0, 1] by construction. A student converted from an FP teacher
+has ReLU activations far above 1, so the range r is a fixed (not learned) scale set at calibration,
+r = the clip of least quantization MSE; r = 1 is the paper's clamp (README "Where daqkd departs").
+Signed activations (calibration saw negatives) use clamp(x/r, −1, 1) mapped to [0, 1] and back.
 """
 from __future__ import annotations
 
 import torch
 
-from daqkd.quant.base import Quantizer
+from daqkd.quant.base import Quantizer, mse_range
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -31,9 +33,22 @@ def dorefa_weight(w: torch.Tensor, levels: int) -> torch.Tensor:
 
 
 class DoReFaQuantizer(Quantizer):
+    def __init__(self, bits: int, signed: bool, role: str = "activation"):
+        super().__init__(bits, signed, role)
+        self.register_buffer("range", torch.tensor(1.0))  # activations only; fixed, not learned
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        if not self.is_weight:
+            m = max(float(x.detach().abs().max()), 1e-6)
+            _, hi = mse_range(x, self.levels, -m if self.signed else 0.0, m)
+            self.range.fill_(hi)
+        super().initialize(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_weight:
             return dorefa_weight(x, self.levels)
+        r = self.range
         if self.signed:
-            return 2 * quantize_k((x.clamp(-1, 1) + 1) / 2, self.levels) - 1
-        return quantize_k(x.clamp(0, 1), self.levels)
+            return (2 * quantize_k((x / r).clamp(-1, 1).add(1).div(2), self.levels) - 1) * r
+        return quantize_k((x / r).clamp(0, 1), self.levels) * r

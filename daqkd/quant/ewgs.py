@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from daqkd.quant.base import Quantizer
+from daqkd.quant.base import Quantizer, input_range, mse_range
 from daqkd.torchutil import eval_mode
 
 log = logging.getLogger(__name__)
@@ -106,18 +106,17 @@ class EWGSQuantizer(Quantizer):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Weights: [−3σ, 3σ]. Activations: [mean − 3σ, mean + 3σ] cut to the batch's [min, max]."""
+        """[l, u] of least quantization MSE (``mse_range``): symmetric about 0 for weights, shrunk
+        from the batch's [min, max] ([0, max] unsigned) for activations. (The paper's rule, ±3σ for
+        weights, clips too much at 8 bits; README "Where daqkd departs".)"""
         x = x.detach().float()
-        std = x.std()
         if self.is_weight:
-            lo, hi = -3 * std, 3 * std
+            m = max(float(x.abs().max()), 1e-6)
+            lo, hi = mse_range(x, self.levels, -m, m)
         else:
-            lo = torch.maximum(x.min(), x.mean() - 3 * std)
-            hi = torch.minimum(x.max(), x.mean() + 3 * std)
-        if not hi > lo:  # constant input: keep a non-degenerate interval
-            hi = lo + 1e-3
-        self.lower.fill_(float(lo))
-        self.upper.fill_(float(hi))
+            lo, hi = mse_range(x, self.levels, *input_range(x, self.signed))
+        self.lower.fill_(lo)
+        self.upper.fill_(hi)
         super().initialize(x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

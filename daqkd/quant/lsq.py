@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn as nn
 
-from daqkd.quant.base import Quantizer
+from daqkd.quant.base import Quantizer, mse_range
 
 
 class LSQQuantize(torch.autograd.Function):
@@ -41,16 +41,24 @@ class LSQQuantize(torch.autograd.Function):
 class LSQQuantizer(Quantizer):
     def __init__(self, bits: int, signed: bool, role: str = "activation"):
         super().__init__(bits, signed, role)
-        if signed:
-            self.q_n, self.q_p = 2 ** (bits - 1), 2 ** (bits - 1) - 1
-        else:
-            self.q_n, self.q_p = 0, 2**bits - 1
         self.step = nn.Parameter(torch.tensor(1.0))
+
+    @property
+    def q_n(self) -> int:
+        return 2 ** (self.bits - 1) if self.signed else 0
+
+    @property
+    def q_p(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """s = 2·mean|x| / √Q_p (paper §2.1)."""
-        self.step.fill_(float(2 * x.detach().abs().mean() / math.sqrt(self.q_p)) or 1e-3)
+        """The step of least quantization MSE on ``x`` (``mse_range`` over s, the grid [−Q_n·s, Q_p·s]),
+        rather than the paper's 2·mean|x|/√Q_p, which leaves 8-bit grids too coarse (README)."""
+        x = x.detach().float()
+        s_max = max(float(x.max()) / self.q_p, float(-x.min()) / self.q_n if self.q_n else 0.0, 1e-8)
+        lo, hi = mse_range(x, self.q_n + self.q_p, -self.q_n * s_max, self.q_p * s_max)
+        self.step.fill_((hi - lo) / (self.q_n + self.q_p))
         super().initialize(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

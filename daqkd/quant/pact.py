@@ -1,45 +1,38 @@
 """PACT: Parameterized Clipping Activation (Choi et al., arXiv 1805.06085; METHOD.md §3).
 
-Activations are clipped to [0, α] with a learnable α, then quantized uniformly:
-    y = clamp(x, 0, α),  y_q = round(y·L/α)·α/L,  L = 2^b − 1
-Straight-through: ∂y_q/∂x = 1 on 0 ≤ x < α, else 0; ∂y_q/∂α = 1 on x ≥ α, else 0, so α's
-gradient is the sum of the upstream gradient over x ≥ α (paper Eq. 3). α is an ordinary
-parameter and trains from the first step (the reference code froze it; METHOD.md §4.5).
-Signed inputs (the image in front of an 8-bit first layer) clip to [−α, α] and quantize
-symmetrically; then ∂y_q/∂α = sign(x) on |x| ≥ α. Weights are quantized DoReFa-style
-(conf/quantizer/pact.yaml pairs this class with DoReFaQuantizer).
+Activations are clipped to [β, α] with a learnable α, then quantized uniformly:
+    y = clamp(x, β, α),  y_q = round((y − β)·L/(α − β))·(α − β)/L + β,  L = 2^b − 1
+Straight-through: ∂y_q/∂x = 1 on β ≤ x < α, else 0; ∂y_q/∂α = 1 on x ≥ α, else 0, so α's gradient
+is the sum of the upstream gradient over x ≥ α (paper Eq. 3). α is an ordinary parameter and trains
+from the first step (the reference code froze it; METHOD.md §4.5).
+Post-ReLU inputs keep β = 0, as in the paper. An input that calibration finds negative (the image,
+MobileNetV2's linear bottlenecks) gets a learnable lower clip β < 0 as well, as MQBench's PACT
+does: ∂y_q/∂β = 1 on x < β (the mirror of α's rule), so no negative value is silently clipped to 0.
+Weights are quantized DoReFa-style (conf/quantizer/pact.yaml pairs this class with DoReFaQuantizer).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from daqkd.quant.base import Quantizer
+from daqkd.quant.base import Quantizer, input_range, mse_range
 
 
 class PACTQuantize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, alpha, levels: int, signed: bool):
-        lo = -alpha if signed else torch.zeros_like(alpha)
-        y = torch.minimum(torch.maximum(x, lo), alpha)
-        span = alpha - lo
-        y_q = torch.round((y - lo) * (levels / span)) * (span / levels) + lo
-        ctx.save_for_backward(x, alpha)
-        ctx.signed = signed
+    def forward(ctx, x, alpha, lower, levels: int):
+        y = torch.minimum(torch.maximum(x, lower), alpha)
+        span = alpha - lower
+        y_q = torch.round((y - lower) * (levels / span)) * (span / levels) + lower
+        ctx.save_for_backward(x, alpha, lower)
         return y_q
 
     @staticmethod
     def backward(ctx, g):
-        x, alpha = ctx.saved_tensors
-        above = x >= alpha
-        if ctx.signed:
-            below = x <= -alpha
-            grad_alpha = (g * above).sum() - (g * below).sum()
-            inside = ~(above | below)
-        else:
-            grad_alpha = (g * above).sum()
-            inside = (x >= 0) & ~above
-        return g * inside, grad_alpha.reshape(()), None, None
+        x, alpha, lower = ctx.saved_tensors
+        above, below = x >= alpha, x < lower
+        grad_lower = (g * below).sum().reshape(()) if ctx.needs_input_grad[2] else None
+        return g * ~(above | below), (g * above).sum().reshape(()), grad_lower, None
 
 
 class PACTQuantizer(Quantizer):
@@ -49,15 +42,21 @@ class PACTQuantizer(Quantizer):
             raise ValueError("PACT quantizes activations; use DoReFaQuantizer for weights (see conf/quantizer/pact.yaml)")
         self.init_alpha = init_alpha
         self.alpha = nn.Parameter(torch.tensor(float(init_alpha) if init_alpha is not None else 6.0))
+        # The lower clip β: learned for signed inputs, held at 0 for post-ReLU ones.
+        self.lower = nn.Parameter(torch.tensor(-float(init_alpha) if signed and init_alpha is not None else (-6.0 if signed else 0.0)))
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """α = ``init_alpha`` when given, else mean + 3σ of |x| on the calibration batch (≤ max|x|)."""
-        if self.init_alpha is None:
-            a = x.detach().abs().float()
-            self.alpha.fill_(float(torch.minimum(a.max(), a.mean() + 3 * a.std()).clamp_min(1e-3)))
+        """α (and β for a signed input) of least quantization MSE on the batch (``mse_range``), or
+        α = ``init_alpha`` (β = −``init_alpha``) when given; β = 0 for an unsigned input."""
+        if self.init_alpha is not None:
+            lo, hi = (-float(self.init_alpha) if self.signed else 0.0), float(self.init_alpha)
+        else:
+            lo, hi = mse_range(x, self.levels, *input_range(x, self.signed))
+        self.alpha.fill_(hi)
+        self.lower.fill_(min(lo, -1e-3) if self.signed else 0.0)
         super().initialize(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = self.levels if not self.signed else 2 ** self.bits - 2  # symmetric: odd number of levels
-        return PACTQuantize.apply(x, self.alpha, levels, self.signed)
+        lower = self.lower if self.signed else self.lower.detach()
+        return PACTQuantize.apply(x, self.alpha, lower, self.levels)

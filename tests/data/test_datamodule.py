@@ -96,3 +96,19 @@ def test_a_misspelt_source_option_is_an_error_naming_the_allowed_ones(make_cfg):
     expected = r"source_options.serch_dirs is not an option of the fashion_mnist reader; allowed: search_dirs"
     with pytest.raises((ValueError, InstantiationException), match=expected):
         build.build_datamodule(make_cfg("+dataset.datamodule.source_options.serch_dirs=[/x]"))
+
+
+def test_val_size_as_a_fraction_and_a_warning_when_validation_takes_too_much(tmp_path, make_datamodule, caplog):
+    make_fmnist(tmp_path / "fashion_mnist", n_train=1437, n_test=50)
+    opts = {"source_options": {"search_dirs": []}}
+    dm = make_datamodule("fashion_mnist", tmp_path, 10, 1, 28, val_size=0.1, **opts)
+    dm.setup()
+    assert len(dm.val_idx) == 144 and len(dm.train_idx) == 1437 - 144
+    with caplog.at_level("WARNING"):
+        dm = make_datamodule("fashion_mnist", tmp_path, 10, 1, 28, val_size=1000, **opts)
+        dm.setup()
+    assert len(dm.train_idx) == 437 and "holds out 1000 of 1437 training images" in caplog.text
+    from daqkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leaving none to train on"):
+        make_datamodule("fashion_mnist", tmp_path, 10, 1, 28, val_size=1437, **opts).setup()

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 import torch
-from fakedata import make_tiny_imagenet, write_image
+from fakedata import make_folder, make_tiny_imagenet
 
 from daqkd.data import load_image_sets
 from daqkd.data.files import LayoutError
@@ -27,13 +27,6 @@ def test_tiny_imagenet_errors_name_path_and_layout(tmp_path):
     with pytest.raises(LayoutError, match=r"val_annotations.txt:1"):
         load_image_sets("tinyimagenet", tmp_path)
 
-def make_folder(root, with_val=True, per_class=6):
-    for c in ("cat", "dog", "owl"):
-        for k in range(per_class):
-            write_image(root / "train" / c / f"{k}.png", size=40, seed=hash((c, k)) % 1000)
-        if with_val:
-            for k in range(2):
-                write_image(root / "val" / c / f"v{k}.png", size=40, seed=500 + k)
 
 def test_image_folder_with_val_and_corrupt_files(tmp_path, caplog):
     make_folder(tmp_path)
@@ -60,3 +53,31 @@ def test_file_dataset_through_the_datamodule(tmp_path, make_datamodule):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
     assert len(dm.train_idx) == 30 and len(dm.val_idx) == 6 and len(dm.test_idx) == 6
+
+
+@pytest.mark.parametrize("grey_files", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folders_are_read_with_the_configured_channels(tmp_path, make_datamodule, grey_files, channels):
+    make_folder(tmp_path, per_class=8, grey=grey_files)
+    dm = make_datamodule("imagefolder", tmp_path, 3, channels, 32, val_size=3,
+                         source_options={"folder": str(tmp_path), "image_size": 32, "channels": channels})
+    dm.set_train_augment("minimal")
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape[1] == channels
+    raw = dm.train_set.image(0)
+    assert raw.shape == (channels, 32, 32) and raw.dtype == torch.uint8
+    if grey_files and channels == 3:  # a grey file read as RGB repeats its one channel
+        assert torch.equal(raw[0], raw[1]) and torch.equal(raw[1], raw[2])
+
+
+def test_a_channel_count_that_does_not_match_the_config_names_the_fix(tmp_path, make_datamodule):
+    from daqkd.data.files import ImageFiles
+    from daqkd.errors import ConfigError
+
+    make_folder(tmp_path, per_class=4)
+    dm = make_datamodule("imagefolder", tmp_path, 3, 1, 32, val_size=3,
+                         source_options={"folder": str(tmp_path), "image_size": 32, "channels": 3})
+    with pytest.raises(ConfigError, match=r"have 3 channels, but dataset.in_channels=1; set dataset.in_channels=3"):
+        dm.setup()
+    with pytest.raises(ConfigError, match=r"1 \(grey\) or 3 \(RGB\)"):
+        ImageFiles([tmp_path / "train" / "cat" / "0.png"], [0], 40, channels=2)

@@ -1,5 +1,4 @@
 """Every model in the registry × input shape × quantizer, and parameter counts (daqkd/models/)."""
-import functools
 
 import pytest
 import torch
@@ -7,10 +6,6 @@ import torch
 from daqkd.kd import feature_shapes
 from daqkd.models import available_models, create_model, default_feature_layers
 from daqkd.quant import (
-    DoReFaQuantizer,
-    EWGSQuantizer,
-    LSQQuantizer,
-    PACTQuantizer,
     calibrate,
     quant_layers,
     quantize_model,
@@ -18,12 +13,6 @@ from daqkd.quant import (
 
 SHAPES = [(1, 28, 10), (3, 32, 100), (3, 64, 200)]  # (channels, size, classes)
 
-QUANTIZERS = {
-    "ewgs": (functools.partial(EWGSQuantizer, delta_mode="fixed"),) * 2 + (True,),
-    "pact": (DoReFaQuantizer, PACTQuantizer, True),
-    "lsq": (LSQQuantizer, LSQQuantizer, False),
-    "dorefa": (DoReFaQuantizer, DoReFaQuantizer, True),
-}
 
 def test_registry_lists_the_papers_models():
     assert set(available_models()) >= {"resnet20", "resnet32", "resnet56", "resnet18", "vgg8", "vgg13", "mobilenetv2"}
@@ -43,9 +32,9 @@ def test_logits_shape_and_feature_taps(name, channels, size, classes):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(available_models()))
 @pytest.mark.parametrize("channels,size,classes", SHAPES)
-def test_quantizes_with_every_quantizer(name, channels, size, classes):
+def test_quantizes_with_every_quantizer(name, channels, size, classes, quantizer_factories):
     x = torch.randn(2, channels, size, size)
-    for q, (wq, aq, scale) in QUANTIZERS.items():
+    for q, (wq, aq, scale) in quantizer_factories.items():
         student = quantize_model(create_model(name, classes, channels, image_size=size), wq, aq, 2, 2, "fp", scale)
         assert sum(1 for _ in quant_layers(student)) > 0, q
         calibrate(student, x)

@@ -94,7 +94,7 @@ def test_grid_and_range(name, bits, role):
     if role == "activation":
         x = x.relu()
     q = make(name, bits, role)
-    q.initialize(x)
+    q.calibrate(x)
     out = q(x)
     levels = torch.unique(out)
     assert len(levels) <= 2**bits
@@ -105,6 +105,8 @@ def test_grid_and_range(name, bits, role):
         assert torch.allclose(levels / s, torch.round(levels / s), atol=1e-4)  # integer multiples of s
     elif name == "pact":
         lo, hi = 0.0, float(q.alpha)
+    elif name == "dorefa" and role == "activation":
+        lo, hi = 0.0, float(q.range)  # the calibrated range (1 would be the paper's clamp)
     else:
         lo, hi = (-1.0, 1.0) if role == "weight" else (0.0, 1.0)
     assert out.min() >= lo - 1e-6 and out.max() <= hi + 1e-6
@@ -126,7 +128,7 @@ def test_zero_gradient_regions(name):
         v = x / q.step
         inside = (v > 0) & (v < q.q_p)
     elif name == "dorefa":
-        inside = (x > 0) & (x < 1)
+        inside = (x > 0) & (x < q.range)
     else:
         inside = (x > q.lower) & (x < q.upper)
     assert torch.equal(x.grad != 0, inside.detach())
@@ -189,3 +191,69 @@ def test_readme_quantizer_example_works(tmp_path, monkeypatch):
     model(x).sum().backward()
     assert q.range.grad is not None
     sys.modules.pop("readme_example", None)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_an_activation_quantizer_that_calibrates_on_negatives_outputs_negatives(name):
+    gen = torch.Generator().manual_seed(0)
+    signed_x = torch.randn(4096, generator=gen) * 2  # half negative, as after a linear bottleneck
+    q = make(name, 4, "activation")  # built unsigned, as any inner layer is
+    assert not q.signed
+    q.calibrate(signed_x)
+    out = q(signed_x)
+    assert q.signed and bool(q.sign) and (out < 0).float().mean() > 0.3
+    # and it tracks them: negatives are not clipped to 0 (which would insert a ReLU)
+    assert float((out - signed_x).abs().mean()) < 0.5 * float(signed_x.clamp(max=0).abs().mean())
+    relu_x = signed_x.relu()
+    q2 = make(name, 4, "activation")
+    q2.calibrate(relu_x)
+    assert not q2.signed and float(q2(relu_x).min()) >= 0
+    # the decision is part of the state: a checkpoint carries it
+    q3 = make(name, 4, "activation")
+    q3.load_state_dict(q.state_dict())
+    assert q3.signed and torch.equal(q3(signed_x), out)
+
+
+def test_mse_range_by_hand():
+    from daqkd.quant.base import mse_range
+
+    # Values 0 and 10 with one outlier-free cluster: at 1 level (2 values) the best grid is {0, 10}.
+    x = torch.tensor([0.0] * 50 + [10.0] * 50)
+    assert mse_range(x, 1, 0.0, 10.0, steps=10) == pytest.approx((0.0, 10.0))
+    # An outlier at 10 above 999 values in [0, 1]: at 2 levels (grid {0, u/2, u}) keeping it rounds every
+    # inlier to 0 (error ≈ 1/3), clipping it at about 1 costs (10 − 1)²/1000 + 1/48 ≈ 0.1.
+    x = torch.cat([torch.linspace(0, 1, 999), torch.tensor([10.0])])
+    lo, hi = mse_range(x, 2, 0.0, 10.0, steps=100)
+    grid = torch.tensor([lo, (lo + hi) / 2, hi])
+    err = lambda g: float(((x.clamp(max=float(g[-1]))[:, None] - g[None]).abs().min(1).values ** 2).mean()  # noqa: E731
+                          + ((x - g[-1]).clamp(min=0) ** 2).mean())
+    assert 0.5 < hi < 2 and err(grid) < err(torch.tensor([0.0, 5.0, 10.0]))
+    # At 8 bits the same outlier is kept: rounding is cheap (step 0.04), clipping 9 units is not.
+    assert mse_range(x, 255, 0.0, 10.0, steps=100)[1] == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+def test_every_model_and_quantizer_at_w8a8_agrees_with_its_teacher(session_cfg, briefly_trained, quantizer_factories):
+    """Each model, briefly trained in full precision on real Fashion-MNIST, keeps its top-1 on ≥ 98 %
+    of 1,000 test images once quantized to W8A8 with each quantizer and calibrated (no training)."""
+    import copy
+
+    from daqkd import build
+    from daqkd.models import available_models
+    from daqkd.quant import calibrate, quantize_model
+
+    dm = build.build_datamodule(session_cfg())
+    x = torch.stack([dm.pipeline(None).per_image(dm.test_set.image(i)) for i in range(1000)])
+    failures = []
+    for name in sorted(available_models()):
+        teacher = briefly_trained(name)
+        with torch.no_grad():
+            expected = teacher(x).argmax(1)
+        for q, (wq, aq, scale) in quantizer_factories.items():
+            student = quantize_model(copy.deepcopy(teacher), wq, aq, 8, 8, "fp", scale)
+            calibrate(student, dm.calibration_batch(256))
+            with torch.no_grad():
+                agree = float((student.eval()(x).argmax(1) == expected).float().mean())
+            if agree < 0.98:
+                failures.append(f"{name}/{q}: {agree:.3f}")
+    assert not failures, failures
