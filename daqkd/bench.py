@@ -1,15 +1,20 @@
-"""``python -m daqkd.bench [--out bench/bench.json] [--quick]``: speed figures, written as JSON.
+"""``python -m daqkd.bench [--quick] [--out bench/bench.json] [model=... quantizer=... bits=... kd=...]``:
+how close each stage of a run comes to what the hardware allows.
 
-Everything is measured in one process, one after the other, and reported as ratios against a
-baseline measured in the same run, because absolute times on shared machines are noisy:
+Every figure is measured against a limit measured in the same process, one after the other, and
+reported as a ratio, because absolute times on shared machines are noisy (targets: issue "Speed"):
 
-- qat_step: one QAT+KD training step of the default student (ResNet-20, EWGS W2A2, batch 128),
-  the fused EWGS Function against the plain-autograd reference (clamp + EWGSRound), and FP.
-- ewgs_delta: the per-epoch Hutchinson re-estimate of δ, as a multiple of one training step.
-- augment: images per second of each DA's per-sample pipeline, relative to `minimal`.
-- scoring: seconds to score one candidate with the metric, relative to one training step.
-- ranking_stability: with the cached default teacher (if present), Spearman ρ between the DA
-  ranking at each subsample size and the ranking at the largest one.
+- qat_step: the QAT+KD training step of the configured student (the real module, optimizer and
+  batch) against its limit, one FP step of the same network plus one teacher forward; then every
+  quantizer and every KD method the same way, and the fused EWGS Function against plain autograd.
+- scoring: the DA scorer's images per second, augmentation included, against the rate of the
+  networks it runs (teacher and student, eval forward) on the same images; per candidate and for the
+  whole pool, and the pool's cost as a share of the default run.
+- ewgs_delta: one δ re-estimate as a share of a training epoch, its share of the default run under
+  the callback's time budget, and the estimate's relative standard error (spread over repeats).
+- pipeline: images per second the training loader delivers for each DA (default worker count),
+  against the QAT step's images per second.
+- memory: peak RSS of this process (and of the default run, from its results.json when given).
 """
 from __future__ import annotations
 
@@ -19,30 +24,31 @@ import functools
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
-from daqkd.augment import PAPER_POOL, build_augmentation, sample_pipeline
+from daqkd import build
+from daqkd.config import config_dir, normalize_overrides
 from daqkd.kd import cross_entropy, kd_kl
-from daqkd.models import create_model
-from daqkd.quant import EWGSQuantizer, calibrate, estimate_ewgs_deltas, quantize_model
+from daqkd.metric.scoring import score_augmentations
+from daqkd.provenance import peak_rss_mb
+from daqkd.quant import EWGSQuantizer, estimate_ewgs_deltas, quantize_model
 from daqkd.quant.ewgs import ewgs_round
+from daqkd.torchutil import eval_mode
+
+QUANTIZERS = ("ewgs", "pact", "lsq", "dorefa")
+KD_METHODS = ("kd", "sqakd", "none", "at", "nst", "sp", "rkd", "crd", "fitnet", "cc", "vid", "pkt", "dkd")
 
 
-class ReferenceEWGS(EWGSQuantizer):
-    """EWGS through plain autograd (clamp + EWGSRound): the baseline for the fused Function."""
-
-    def forward(self, x):
-        x_q = ewgs_round(self.normalize(x), self.levels, self.delta)
-        return 2 * x_q - 1 if self.is_weight else x_q
-
-
-def timed(fn, repeat: int) -> float:
-    """Median seconds per call, after one warm-up call."""
-    fn()
+def timed(fn, repeat: int, warmup: int = 1) -> float:
+    """Median seconds per call, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -51,124 +57,280 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def qat_step_figures(repeat: int) -> dict:
-    torch.manual_seed(0)
-    teacher = create_model("resnet20", 10, 1).eval()
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=normalize_overrides(["paths.output_dir=.", *overrides]))
 
-    def make_step(student):
-        opt = torch.optim.Adam(student.parameters(), 1e-3)
 
-        def step():
-            with torch.no_grad():
-                zt = teacher(x)
-            z = student(x)
-            loss = cross_entropy(z, y) + 2 * kd_kl(z, zt, 4.0)
-            opt.zero_grad()
+class Bench:
+    def __init__(self, overrides: list[str], quick: bool):
+        self.overrides, self.quick = overrides, quick
+        self.repeat = 1 if quick else 8
+        self.cfg = compose_cfg(overrides)
+        self.dm = build.build_datamodule(self.cfg)
+        self.dm.setup()
+        self.teacher, self.teacher_source = self.load_teacher()
+        self.batch = next(iter(self.dm.train_loader("minimal")))
+        self.rows: list[dict] = []
+
+    def load_teacher(self):
+        """This config's cached teacher when there is one (trained figures), else a random one."""
+        from daqkd.io import load_weights
+
+        model = build.build_model(self.cfg)
+        path = build.teacher_cache_path(self.cfg, self.dm)
+        if path.is_file():
+            load_weights(model, path)
+            return model.eval(), str(path)
+        return model.eval(), "random init (no cached teacher: run `make run` first for trained figures)"
+
+    def row(self, figure: str, value: float, limit: float, ratio: float, target: str, met: bool | None, unit: str = ""):
+        self.rows.append({"figure": figure, "value": value, "limit": limit, "ratio": ratio, "target": target, "met": met, "unit": unit})
+
+    # ----------------------------------------------------------------------- the training step
+
+    def step_seconds(self, overrides: list[str]) -> tuple[float, float]:
+        """(QAT+KD step, FP step + teacher forward) seconds, both with the real module and optimizer."""
+        cfg = compose_cfg([*self.overrides, *overrides, "optim.scheduler=null"])
+        torch.manual_seed(0)
+        teacher = copy.deepcopy(self.teacher)
+        student = build.build_student(cfg, teacher, self.dm)
+        module = build.build_module(cfg, student, teacher, self.dm)
+        module.train()
+        opt = module.configure_optimizers()
+
+        def qat():
+            loss, _, _ = module.compute_loss(self.batch)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        return step
+        fp = copy.deepcopy(self.teacher).train()
+        fp_opt = torch.optim.Adam(fp.parameters(), 1e-3)
+        x, y = self.batch
 
-    students = {}
-    for name, cls in (("fused", EWGSQuantizer), ("reference", ReferenceEWGS)):
-        torch.manual_seed(0)
-        factory = functools.partial(cls, delta_mode="fixed")
-        s = quantize_model(copy.deepcopy(teacher).train(), factory, factory, 2, 2, "fp", True)
-        calibrate(s, x)
-        students[name] = s
-    fp = copy.deepcopy(teacher).train()
-    t = {name: timed(make_step(s), repeat) for name, s in students.items()}
-    t["fp"] = timed(make_step(fp), repeat)
-    batches = [(x, y)] * 3
-    s = students["fused"]
-    gen = torch.Generator().manual_seed(0)
-    delta_s = timed(lambda: estimate_ewgs_deltas(s, lambda b: F.cross_entropy(s(b[0]), b[1]), batches, gen), max(1, repeat // 5))
-    return {
-        "qat_step": {
-            "fused_ms": 1000 * t["fused"], "reference_ms": 1000 * t["reference"], "fp_kd_step_ms": 1000 * t["fp"],
-            "speedup_fused_vs_reference": t["reference"] / t["fused"], "fused_vs_fp_ratio": t["fused"] / t["fp"],
-        },
-        "ewgs_delta": {"seconds": delta_s, "in_training_steps": delta_s / t["fused"], "batches": 3, "probes": 4},
-        "_step_seconds": t["fused"],
-    }
+        def limit():
+            with torch.inference_mode():
+                zt = teacher(x)
+            z = fp(x)
+            loss = cross_entropy(z, y) + kd_kl(z, zt, 4.0)
+            fp_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            fp_opt.step()
 
+        # Interleaved, so that a slow spell of the machine hits both.
+        q, f = [], []
+        for _ in range(self.repeat):
+            q.append(timed(qat, 1, warmup=1 if not q else 0))
+            f.append(timed(limit, 1, warmup=1 if not f else 0))
+        return statistics.median(q), statistics.median(f)
 
-def augment_figures(n: int) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=gen)
-    rates = {}
-    for name in PAPER_POOL:
-        aug = build_augmentation(name, 10)
-        tf = sample_pipeline(aug.sample, [0.286], [0.353], 28, 2, True)
-        torch.manual_seed(0)
-        t = time.perf_counter()
-        out = torch.stack([tf(img) for img in images])
-        if aug.batch is not None:
-            aug.batch(out, torch.zeros(n, dtype=torch.long))
-        rates[name] = n / (time.perf_counter() - t)
-    return {name: {"images_per_s": r, "relative_to_minimal": r / rates["minimal"]} for name, r in rates.items()}
+    def qat_steps(self) -> dict:
+        out = {}
+        main_q, main_f = self.step_seconds([])
+        name = f"{self.cfg.quantizer.name} W{self.cfg.bits.w}A{self.cfg.bits.a} kd={self.cfg.kd.name}"
+        out["configured"] = {"what": name, "qat_ms": 1000 * main_q, "limit_ms": 1000 * main_f, "efficiency": main_f / main_q}
+        target = 0.9 if self.cfg.quantizer.name == "ewgs" and self.cfg.kd.name == "kd" else 0.85
+        self.row(f"QAT+KD step, {name}", 1000 * main_q, 1000 * main_f, main_f / main_q, f"≥ {target:.0%}", main_f / main_q >= target, "ms")
+        self.step_time = main_q
+        if self.quick:
+            return out
+        for q in QUANTIZERS:
+            if q == self.cfg.quantizer.name:
+                continue
+            qs, fs = self.step_seconds([f"quantizer={q}"])
+            out[f"quantizer={q}"] = {"qat_ms": 1000 * qs, "limit_ms": 1000 * fs, "efficiency": fs / qs}
+            self.row(f"QAT+KD step, quantizer={q}", 1000 * qs, 1000 * fs, fs / qs, "≥ 85%", fs / qs >= 0.85, "ms")
+        for k in KD_METHODS:
+            if k == self.cfg.kd.name:
+                continue
+            qs, fs = self.step_seconds([f"kd={k}"])
+            out[f"kd={k}"] = {"qat_ms": 1000 * qs, "limit_ms": 1000 * fs, "efficiency": fs / qs}
+            self.row(f"QAT+KD step, kd={k}", 1000 * qs, 1000 * fs, fs / qs, "≥ 80%", fs / qs >= 0.8, "ms")
+        return out
 
+    def fused_ewgs(self) -> dict:
+        """The fused EWGS Function against plain autograd through clamp and EWGSRound."""
 
-def scoring_and_stability(step_seconds: float, sizes: list[int]) -> dict:
-    from hydra import compose, initialize_config_dir
+        class Reference(EWGSQuantizer):
+            def forward(self, x):
+                x_q = ewgs_round(self.normalize(x), self.levels, self.delta)
+                return 2 * x_q - 1 if self.is_weight else x_q
 
-    from daqkd import build
-    from daqkd.config import config_dir
-    from daqkd.metric.scoring import score_augmentations
+        x, y = self.batch
+        times = {}
+        for name, cls in (("fused", EWGSQuantizer), ("reference", Reference)):
+            factory = functools.partial(cls, delta_mode="fixed")
+            s = quantize_model(copy.deepcopy(self.teacher).train(), factory, factory, 2, 2, "fp", True)
+            from daqkd.quant import calibrate
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=."])
-    dm = build.build_datamodule(cfg)
-    dm.setup()
-    cache = Path(cfg.paths.cache_dir) / "teachers"
-    cached = sorted(cache.glob(f"{cfg.dataset.name}_{cfg.model.name}_*.pt")) if cache.is_dir() else []
-    teacher = build.build_model(cfg)
-    source = "random init (no cached teacher: run `make run` first for the stability figures)"
-    if cached:
-        from daqkd.io import load_weights
+            calibrate(s, x)
+            opt = torch.optim.Adam(s.parameters(), 1e-3)
 
-        load_weights(teacher, cached[-1])
-        source = str(cached[-1])
-    teacher.eval()
-    rankings, per_candidate = {}, {}
-    for n in sizes:
-        scores = score_augmentations(teacher, dm, list(PAPER_POOL), n, 500, 0)
-        rankings[n] = {s.name: s.m for s in scores}
-        per_candidate[n] = statistics.mean(s.seconds for s in scores)
-    from daqkd.report import spearman
+            def step(s=s, opt=opt):
+                loss = F.cross_entropy(s(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
-    ref = rankings[max(sizes)]
-    names = list(ref)
-    stability = {n: spearman([rankings[n][k] for k in names], [ref[k] for k in names]) for n in sizes}
-    return {
-        "teacher": source,
-        "scoring": {str(n): {"seconds_per_candidate": per_candidate[n], "in_training_steps": per_candidate[n] / step_seconds} for n in sizes},
-        "ranking_stability_spearman_vs_largest": {str(n): rho for n, rho in stability.items()},
-        "rankings": {str(n): sorted(r, key=r.get) for n, r in rankings.items()},
-    }
+            times[name] = timed(step, self.repeat)
+        self.row("fused EWGS step vs plain autograd", 1000 * times["fused"], 1000 * times["reference"],
+                 times["reference"] / times["fused"], "faster", times["reference"] > times["fused"], "ms")
+        return {"fused_ms": 1000 * times["fused"], "reference_ms": 1000 * times["reference"],
+                "speedup": times["reference"] / times["fused"]}
+
+    # ----------------------------------------------------------------------- scoring
+
+    def scoring(self) -> dict:
+        m = self.cfg.metric
+        n = 200 if self.quick else m.num_samples
+        pool = list(self.cfg.augment.pool)[: 2 if self.quick else None]
+        student = build.build_student(self.cfg, copy.deepcopy(self.teacher), self.dm)
+        networks = [self.teacher, student]
+        # The limit: both networks' eval forward on ready tensors of the same images.
+        images = next(iter(self.dm.augment_loader("minimal", n, n, m.seed)))[0]
+
+        def forwards():
+            with eval_mode(*networks), torch.no_grad():
+                for chunk in images.split(m.batch_size):
+                    for net in networks:
+                        F.softmax(net(chunk), 1)
+
+        forward_s = timed(forwards, 1 if self.quick else 3)
+        start = time.perf_counter()
+        scores = score_augmentations(self.teacher, self.dm, pool, n, m.batch_size, m.seed, "cpu", student)
+        pool_s = time.perf_counter() - start
+        per = {}
+        for s in scores:
+            limit_s = 2 * forward_s  # two passes
+            per[s.name] = {"seconds": s.seconds, "images_per_s": 2 * n / s.seconds, "limit_images_per_s": 2 * n / limit_s,
+                           "efficiency": limit_s / s.seconds}
+        pool_limit = 2 * forward_s * len(pool)
+        self.row(f"DA scoring, pool of {len(pool)} at {n} images", pool_s, pool_limit, pool_limit / pool_s, "≥ 80%",
+                 pool_limit / pool_s >= 0.8, "s")
+        for name, d in per.items():
+            self.row(f"DA scoring, {name}", d["images_per_s"], d["limit_images_per_s"], d["efficiency"], "≥ 80%",
+                     d["efficiency"] >= 0.8, "img/s")
+        # The default run: 2 epochs of the 15k subset, the teacher from the cache.
+        steps = 2 * (len(self.dm.train_idx) // self.dm.batch_size)
+        run_s = pool_s + steps * self.step_time
+        share = pool_s / run_s
+        self.row("DA scoring, share of the default run (estimated)", pool_s, run_s, share, "≤ 5%", share <= 0.05, "s")
+        if not self.quick:
+            self.row("python -m daqkd.score, 7 DAs at 2000 images (the scoring part)", pool_s, 60.0, pool_s / 60.0, "≤ 60 s",
+                     pool_s <= 60.0, "s")
+        return {"images": n, "pool": pool, "pool_seconds": pool_s, "pool_limit_seconds": pool_limit, "per_candidate": per,
+                "share_of_default_run": share, "default_run_seconds_estimated": run_s,
+                "ranking": [s.name for s in sorted(scores, key=lambda s: s.m)]}
+
+    # ----------------------------------------------------------------------- EWGS δ
+
+    def ewgs_delta(self) -> dict:
+        cb = build.instantiate(self.cfg.quantizer.callback) if self.cfg.quantizer.get("callback") else None
+        if cb is None:
+            return {}
+        cfg = self.cfg
+        student = build.build_student(cfg, copy.deepcopy(self.teacher), self.dm)
+        module = build.build_module(cfg, student, copy.deepcopy(self.teacher), self.dm)
+        self.dm.set_train_augment("minimal")
+        repeats = 2 if self.quick else 6
+        runs, seconds = [], []
+        for r in range(repeats):
+            batches = self.dm.train_batches(cb.num_batches, epoch=r)
+            start = time.perf_counter()
+            with eval_mode(module):
+                runs.append(estimate_ewgs_deltas(student, lambda b: module.compute_loss(b)[0], batches,
+                                                 torch.Generator().manual_seed(r), cb.probes))
+            seconds.append(time.perf_counter() - start)
+        rel = []
+        for name in runs[0]:
+            values = [run[name] for run in runs]
+            mean = statistics.mean(values)
+            if mean > 0:
+                rel.append(statistics.stdev(values) / mean)
+        cost = statistics.median(seconds)
+        epoch_steps = len(self.dm.train_idx) // self.dm.batch_size
+        epoch_s = epoch_steps * self.step_time
+        # The callback's schedule over the default run's epochs.
+        run_epochs, estimated = 2, 0
+        for e in range(run_epochs):
+            if cb.due(e, e * epoch_steps):
+                cb.last_step, estimated = e * epoch_steps, estimated + 1
+        share = estimated * cost / (run_epochs * epoch_s)
+        self.row("EWGS δ estimate, one, vs one epoch", cost, epoch_s, cost / epoch_s, "—", None, "s")
+        self.row("EWGS δ estimates, share of the default run", estimated * cost, run_epochs * epoch_s, share, "≤ 5%", share <= 0.05, "s")
+        rse = statistics.median(rel) if rel else float("nan")
+        self.row(f"EWGS δ relative standard error ({cb.num_batches} batch × {cb.probes} probes)", rse, 0, rse, "—", None, "")
+        return {"seconds": cost, "epoch_seconds": epoch_s, "share_of_default_run": share, "estimates_in_default_run": estimated,
+                "relative_standard_error": rse, "num_batches": cb.num_batches, "probes": cb.probes}
+
+    # ----------------------------------------------------------------------- data pipeline
+
+    def pipeline(self) -> dict:
+        out = {}
+        step_rate = self.dm.batch_size / self.step_time
+        batches = 3 if self.quick else 20
+        for name in list(self.cfg.augment.pool)[: 2 if self.quick else None]:
+            loader = self.dm.train_loader(name)
+            it = iter(loader)
+            next(it)  # worker start-up, then steady state
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            rate = batches * self.dm.batch_size / (time.perf_counter() - start)
+            del it, loader
+            ratio = rate / step_rate
+            out[name] = {"images_per_s": rate, "qat_step_images_per_s": step_rate, "ratio": ratio}
+            exempt = name == "augmix"
+            self.row(f"data pipeline, {name}", rate, step_rate, ratio, "—" if exempt else "≥ 2×", None if exempt else ratio >= 2, "img/s")
+        return out
+
+    def table(self) -> str:
+        head = f"| {'figure':<58} | {'value':>10} | {'limit':>10} | {'ratio':>7} | {'target':>7} | met |"
+        lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+        for r in self.rows:
+            met = {True: "yes", False: "no", None: "–"}[r["met"]]
+            lines.append(f"| {r['figure']:<58} | {r['value']:>10.4g} | {r['limit']:>10.4g} | {r['ratio']:>7.3f} | {r['target']:>7} | {met:>3} |")
+        return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m daqkd.bench", description="daqkd speed figures, as JSON")
+    ap = argparse.ArgumentParser(prog="python -m daqkd.bench", description="daqkd speed figures, as ratios to limits")
     ap.add_argument("--out", default="bench/bench.json")
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
-    args = ap.parse_args(argv)
-    repeat = 1 if args.quick else 10
-    sizes = [100, 200] if args.quick else [250, 500, 1000, 2000, 4000]
-    torch.set_num_threads(torch.get_num_threads())
-    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "processor": platform.processor() or platform.machine()}}
-    result.update(qat_step_figures(repeat))
-    step = result.pop("_step_seconds")
-    result["augment"] = augment_figures(64 if args.quick else 2048)
-    result.update(scoring_and_stability(step, sizes))
+    ap.add_argument("--quick", action="store_true", help="few repeats, small sizes, the configured quantizer and KD only (a smoke run)")
+    ap.add_argument("--run", default=None, help="a run's results.json, for the default run's peak memory and stage times")
+    args, overrides = ap.parse_known_args(argv)
+    start = time.perf_counter()
+    bench = Bench(overrides, args.quick)
+    result = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine()},
+        "overrides": overrides,
+        "teacher": bench.teacher_source,
+    }
+    result["qat_step"] = bench.qat_steps()
+    result["fused_ewgs"] = bench.fused_ewgs()
+    result["scoring"] = bench.scoring()
+    result["ewgs_delta"] = bench.ewgs_delta()
+    result["pipeline"] = bench.pipeline()
+    result["memory"] = {"bench_peak_rss_mb": peak_rss_mb()}
+    if args.run:
+        run = json.loads(Path(args.run).read_text())
+        result["memory"]["run_peak_rss_mb"] = run.get("peak_rss_mb")
+        result["run_seconds"] = run.get("seconds")
+        if run.get("peak_rss_mb"):
+            bench.row("peak RSS of the run", run["peak_rss_mb"], 3000, run["peak_rss_mb"] / 3000, "≤ 3 GB", run["peak_rss_mb"] <= 3000, "MB")
+    bench.row("peak RSS of this bench", result["memory"]["bench_peak_rss_mb"], 3000, result["memory"]["bench_peak_rss_mb"] / 3000,
+              "≤ 3 GB", result["memory"]["bench_peak_rss_mb"] <= 3000, "MB")
+    result["seconds"] = time.perf_counter() - start
+    result["table"] = bench.rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(bench.table())
+    print(f"\n{result['seconds']:.0f} s; teacher: {bench.teacher_source}; written to {out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

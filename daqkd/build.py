@@ -24,7 +24,7 @@ from daqkd.metric.callback import DAMetricCallback
 from daqkd.models import default_feature_layers
 from daqkd.module import QATKDModule
 from daqkd.quant import calibrate, quantize_model
-from daqkd.teacher import TeacherInfo, TeacherRecipe, resolve_teacher
+from daqkd.teacher import TeacherInfo, TeacherRecipe, cache_path, resolve_teacher
 
 log = logging.getLogger("daqkd")
 
@@ -86,6 +86,11 @@ def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: 
         lambda: build_model(cfg), datamodule, teacher_identity(cfg, datamodule), teacher_recipe(cfg), cfg.paths.cache_dir,
         ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw,
     )
+
+
+def teacher_cache_path(cfg: DictConfig, datamodule: ImageDataModule) -> Path:
+    """Where this config's teacher is (or would be) cached."""
+    return cache_path(cfg.paths.cache_dir, teacher_identity(cfg, datamodule), teacher_recipe(cfg))
 
 
 def build_student(cfg: DictConfig, teacher: nn.Module, datamodule: ImageDataModule | None = None) -> nn.Module:

@@ -79,9 +79,10 @@ def extract_state_dict(obj: Any, prefixes: tuple[str, ...] = ("model.", "teacher
     return dict(obj)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a ``.pt``/``.ckpt`` into ``model``; a key or shape mismatch lists what differs."""
-    state = extract_state_dict(read_checkpoint(path))
+def load_weights(model: nn.Module, path: str | Path, checkpoint: Any = None) -> nn.Module:
+    """Load a ``.pt``/``.ckpt`` into ``model`` (``checkpoint``: its content, when already read); a
+    key or shape mismatch lists what differs."""
+    state = extract_state_dict(read_checkpoint(path) if checkpoint is None else checkpoint)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -16,10 +16,11 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from filelock import FileLock
 from torchmetrics.classification import MulticlassAccuracy
 
 from daqkd.errors import CheckpointError, TrainingDiverged
-from daqkd.io import atomic_torch_save, load_weights
+from daqkd.io import atomic_torch_save, load_weights, read_checkpoint
 from daqkd.torchutil import eval_mode, hard_labels
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,12 @@ def cache_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def cache_path(cache_dir: str | Path, identity: Mapping[str, Any], recipe: TeacherRecipe) -> Path:
+    """Where the teacher of this identity and recipe is cached."""
+    key = cache_key({**identity, "recipe": asdict(recipe)})
+    return Path(cache_dir).expanduser() / "teachers" / f"{identity['dataset']}_{identity['model']}_{key}.pt"
+
+
 @dataclass
 class TeacherInfo:
     model: nn.Module
@@ -101,37 +108,45 @@ def resolve_teacher(
     """The FP teacher for this run, in eval mode, with its test accuracy.
 
     Order: ``ckpt`` if given; else ``cache_dir/teachers/<dataset>_<model>_<hash>.pt`` keyed by
-    ``identity`` and ``recipe``; else train with ``recipe`` and write the cache atomically.
-    A corrupt cache file is moved aside and the teacher retrained.
+    ``identity`` and ``recipe``; else train with ``recipe`` and write the cache atomically. Jobs that
+    start together take a file lock, so a teacher is trained once and nobody reads half a file. A
+    corrupt cache file is moved aside and the teacher retrained. The cache also keeps the teacher's
+    test accuracy per test split, so it is measured once.
     """
     model = build_model()
+    datamodule.setup()
+    test_key = datamodule.test_fingerprint()
     if ckpt:
         load_weights(model, ckpt)
-        path, source = Path(ckpt).expanduser(), "given"
-    else:
-        key = cache_key({**identity, "recipe": asdict(recipe)})
-        path = Path(cache_dir).expanduser() / "teachers" / f"{identity['dataset']}_{identity['model']}_{key}.pt"
-        source = "cache"
+        model.eval()
+        return TeacherInfo(model, str(Path(ckpt).expanduser()), evaluate_accuracy(model, datamodule.test_dataloader()), "given")
+    path = cache_path(cache_dir, identity, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        cached, source = None, "trained"
         if path.is_file() and not retrain:
             try:
-                load_weights(model, path)
+                cached = read_checkpoint(path)
+                load_weights(model, path, cached)
+                source = "cache"
                 log.info("teacher: cached %s", path)
             except CheckpointError as e:
                 aside = path.with_suffix(".corrupt")
                 path.replace(aside)
                 log.warning("teacher cache %s unreadable (%s); moved to %s and retraining", path, e, aside)
-                model = build_model()
-                source = "trained"
-        else:
-            source = "trained"
+                model, cached = build_model(), None
         if source == "trained":
             train_teacher(model, datamodule, recipe, trainer_kwargs or {})
-            atomic_torch_save({"state_dict": model.state_dict(), "identity": dict(identity), "recipe": asdict(recipe)}, path)
-            log.info("teacher: trained and cached at %s", path)
-    datamodule.setup()
-    acc = evaluate_accuracy(model, datamodule.test_dataloader())
+        accuracies = dict((cached or {}).get("test_acc", {}))
+        if test_key not in accuracies:
+            accuracies[test_key] = evaluate_accuracy(model, datamodule.test_dataloader())
+        if source == "trained" or accuracies != (cached or {}).get("test_acc"):
+            atomic_torch_save({"state_dict": model.state_dict(), "identity": dict(identity), "recipe": asdict(recipe),
+                               "test_acc": accuracies}, path)
+            if source == "trained":
+                log.info("teacher: trained and cached at %s", path)
     model.eval()
-    return TeacherInfo(model=model, ckpt=str(path), test_acc=acc, source=source)
+    return TeacherInfo(model=model, ckpt=str(path), test_acc=accuracies[test_key], source=source)
 
 
 def train_teacher(model: nn.Module, datamodule, recipe: TeacherRecipe, trainer_kwargs: Mapping[str, Any]) -> nn.Module:

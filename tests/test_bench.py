@@ -1,4 +1,5 @@
-"""`make bench` runs end to end and writes the figures it promises (daqkd/bench.py)."""
+"""`make bench` runs end to end and writes every figure it promises, each with its limit, ratio and
+target (no timing assertions here: speed targets live in the benchmark, not in tests) (daqkd/bench.py)."""
 import json
 
 import pytest
@@ -7,14 +8,24 @@ from daqkd import bench
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_json(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no cached teacher here: the stability part uses a random teacher
+def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no cached teacher here: a random one stands in
     monkeypatch.setenv("DAQKD_ROOT", str(tmp_path))
     out = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--out", str(out), "dataset.datamodule.train_subset=1000", "metric.batch_size=100"]) == 0
     data = json.loads(out.read_text())
-    assert data["qat_step"]["fused_ms"] > 0 and data["qat_step"]["speedup_fused_vs_reference"] > 0
-    assert set(data["augment"]) >= {"minimal", "augmix", "cutmix", "trivialaugment"}
-    assert data["augment"]["minimal"]["relative_to_minimal"] == pytest.approx(1.0)
-    assert set(data["ranking_stability_spearman_vs_largest"]) == {"100", "200"}
-    assert data["ranking_stability_spearman_vs_largest"]["200"] == pytest.approx(1.0)
+    step = data["qat_step"]["configured"]
+    assert step["qat_ms"] > 0 and step["limit_ms"] > 0 and step["efficiency"] == pytest.approx(step["limit_ms"] / step["qat_ms"])
+    assert data["fused_ewgs"]["speedup"] > 0
+    sc = data["scoring"]
+    assert sc["pool_seconds"] > 0 and 0 < sc["share_of_default_run"] < 1 and set(sc["per_candidate"]) == set(sc["pool"])
+    assert all(c["efficiency"] > 0 for c in sc["per_candidate"].values())
+    d = data["ewgs_delta"]
+    assert d["seconds"] > 0 and d["estimates_in_default_run"] >= 1 and d["relative_standard_error"] >= 0
+    assert all(p["images_per_s"] > 0 and p["ratio"] > 0 for p in data["pipeline"].values())
+    assert data["memory"]["bench_peak_rss_mb"] > 100
+    figures = {row["figure"] for row in data["table"]}
+    assert any(f.startswith("QAT+KD step") for f in figures) and any(f.startswith("DA scoring") for f in figures)
+    assert all({"value", "limit", "ratio", "target", "met"} <= set(row) for row in data["table"])
+    printed = capsys.readouterr().out
+    assert "| figure" in printed and "| met |" in printed

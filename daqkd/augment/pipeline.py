@@ -138,3 +138,54 @@ class AugmentedImages(Dataset):
         i, draw_seed = item
         j = int(self.indices[i])
         return self.pipeline.transform(self.source.image(j), draw_seed), int(self.source.targets[j]), draw_seed
+
+
+class CandidateImages(Dataset):
+    """The DA metric's images under several candidate pipelines at once, so one loader (one set of
+    workers) serves a whole pool. Indexed by ``(candidate, i, draw_seed)``; returns
+    (image, label, draw_seed, candidate)."""
+
+    def __init__(self, source, indices: torch.Tensor, pipelines: Sequence[AugmentPipeline]):
+        self.source, self.indices, self.pipelines = source, indices, list(pipelines)
+
+    def __len__(self) -> int:
+        return len(self.pipelines) * len(self.indices)
+
+    def __getitem__(self, item: tuple[int, int, int]):
+        k, i, draw_seed = item
+        j = int(self.indices[i])
+        return self.pipelines[k].transform(self.source.image(j), draw_seed), int(self.source.targets[j]), draw_seed, k
+
+
+class CandidatePasses(Sampler):
+    """Batches of ``(candidate, i, draw_seed)``: for each candidate in turn, pass 0 then pass 1 over
+    the n images in order, ``batch_size`` at a time (a batch never mixes candidates or passes). The
+    draws of pass p are those of a ``SeededSampler(n, seed, stream)`` in epoch p, whatever the
+    candidate, so every candidate sees the same images, and the same base crops and flips."""
+
+    def __init__(self, num_candidates: int, n: int, batch_size: int, seed: int, stream: str, passes: int = 2):
+        self.num_candidates, self.n, self.batch_size, self.passes = num_candidates, n, batch_size, passes
+        self.sampler = SeededSampler(n, seed, stream)
+
+    def __len__(self) -> int:
+        return self.num_candidates * self.passes * -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        orders = [self.sampler.order(p) for p in range(self.passes)]
+        for k in range(self.num_candidates):
+            for order in orders:
+                for b in range(0, self.n, self.batch_size):
+                    yield [(k, i, s) for i, s in order[b:b + self.batch_size]]
+
+
+class CandidateCollate:
+    """Collates a batch of one candidate with that candidate's pipeline (its batch DA included);
+    returns (candidate, images, labels)."""
+
+    def __init__(self, pipelines: Sequence[AugmentPipeline]):
+        self.pipelines = list(pipelines)
+
+    def __call__(self, samples):
+        k = samples[0][3]
+        images, labels = self.pipelines[k].collate([s[:3] for s in samples])
+        return k, images, labels

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from daqkd.augment import AugmentedImages, AugmentPipeline, SeededSampler, build_augmentation, derive_seed
+from daqkd.augment.pipeline import CandidateCollate, CandidateImages, CandidatePasses
 from daqkd.data.sampling import split_indices, stratified_indices
 from daqkd.data.sources import check_source_options, load_image_sets
 from daqkd.errors import ConfigError
@@ -115,6 +116,13 @@ class ImageDataModule(L.LightningDataModule):
         h.update(self.train_idx.numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def test_fingerprint(self) -> str:
+        """A short hash of the test images (content and the subset used)."""
+        self.setup()
+        h = hashlib.sha256(self.test_set.fingerprint().encode())
+        h.update(self.test_idx.numpy().tobytes())
+        return h.hexdigest()[:16]
+
     @property
     def train_augment(self) -> str | None:
         """The installed training DA (None until ``set_train_augment``)."""
@@ -150,6 +158,8 @@ class ImageDataModule(L.LightningDataModule):
             sampler=SeededSampler(len(indices), seed, stream, shuffle),
             drop_last=drop_last,
             num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,  # started once, not at every epoch
+            pin_memory=torch.cuda.is_available(),
             collate_fn=pipeline,
             # The loader's own seed draw (worker base seeds) must not consume the global stream.
             generator=torch.Generator().manual_seed(derive_seed(seed, stream, "loader")),
@@ -168,6 +178,25 @@ class ImageDataModule(L.LightningDataModule):
         loader = self.train_loader(self._train_augment)
         self._train_loader_built = True
         return loader
+
+    def train_batches(self, count: int, epoch: int) -> list:
+        """The first ``count`` batches of training epoch ``epoch`` under the installed DA, exactly as
+        the training loader serves them (same order, same draws), made in this process: no loader
+        and no worker start-up for a handful of batches (the EWGS δ estimate)."""
+        if self._train_augment is None:
+            raise RuntimeError("no training DA installed: call set_train_augment(name) first")
+        self.setup()
+        pipe = self.pipeline(self._train_augment)
+        order = SeededSampler(len(self.train_idx), self.seed, "train", shuffle=True).order(epoch)
+        batches = []
+        for b in range(min(count, max(len(order) // self.batch_size, 1))):
+            items = order[b * self.batch_size:(b + 1) * self.batch_size]
+            samples = []
+            for i, draw in items:
+                j = int(self.train_idx[i])
+                samples.append((pipe.transform(self.train_set.image(j), draw), int(self.train_set.targets[j]), draw))
+            batches.append(pipe.collate(samples))
+        return batches
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -200,6 +229,20 @@ class ImageDataModule(L.LightningDataModule):
         and the draws depend on ``seed`` and the pass, not on the candidate's position."""
         idx = self.metric_indices(num_samples, seed)
         return self.loader(self.train_set, idx, self.pipeline(name), batch_size, seed, "metric")
+
+    def scoring_loader(self, names: Sequence[str], num_samples: int | None, batch_size: int, seed: int) -> DataLoader:
+        """The metric's two passes for a whole pool in one loader: batches of (candidate index,
+        images, labels), candidate by candidate, pass 0 then pass 1. The same images, draws and
+        pipelines as ``augment_loader`` gives each candidate; the workers start once for the pool."""
+        idx = self.metric_indices(num_samples, seed)
+        pipelines = [self.pipeline(name) for name in names]
+        return DataLoader(
+            CandidateImages(self.train_set, idx, pipelines),
+            batch_sampler=CandidatePasses(len(pipelines), len(idx), batch_size, seed, "metric"),
+            num_workers=self.num_workers,
+            collate_fn=CandidateCollate(pipelines),
+            generator=torch.Generator().manual_seed(derive_seed(seed, "metric", "loader")),
+        )
 
     def calibration_batch(self, size: int) -> torch.Tensor:
         """``size`` clean, normalised training images (stratified, fixed by the seed)."""

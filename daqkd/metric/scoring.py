@@ -98,23 +98,43 @@ class Passes:
     t2: torch.Tensor
 
 
-@torch.no_grad()
+class PassRecorder:
+    """Collects, batch by batch, every network's softmax outputs and the (soft) targets of the two
+    passes over one candidate's images."""
+
+    def __init__(self, networks: Sequence[nn.Module], num_classes: int, device):
+        self.networks, self.num_classes, self.device = list(networks), num_classes, device
+        self.outs = [[[], []] for _ in self.networks]
+        self.targets: list[list[torch.Tensor]] = [[], []]
+        self.start = time.perf_counter()
+
+    @torch.no_grad()
+    def add(self, p: int, images: torch.Tensor, labels: torch.Tensor) -> None:
+        x = images.to(self.device, non_blocking=True)
+        for j, net in enumerate(self.networks):
+            self.outs[j][p].append(F.softmax(net(x).float(), dim=1).cpu())
+        self.targets[p].append(soft_targets(labels, self.num_classes, torch.float32))
+
+    def passes(self) -> list[Passes]:
+        t1, t2 = torch.cat(self.targets[0]), torch.cat(self.targets[1])
+        if len(t1) != len(t2):
+            raise ValueError("the two metric passes saw different numbers of images; the loader must not drop or reshuffle")
+        return [Passes(torch.cat(o[0]), t1, torch.cat(o[1]), t2) for o in self.outs]
+
+    def score(self, name: str, seed: int) -> AugmentScore:
+        passes = self.passes()
+        return score_passes(name, passes[0], passes[1] if len(passes) > 1 else None, time.perf_counter() - self.start, seed=seed)
+
+
 def two_passes(networks: Sequence[nn.Module], loader: Iterable, num_classes: int, device="cpu") -> list[Passes]:
     """Run every network in eval mode over two iterations of ``loader`` (two draws of each image's
     augmentation) and keep their softmax outputs: the data pipeline runs once for all networks."""
-    outs = [[[], []] for _ in networks]
-    targets: list[list[torch.Tensor]] = [[], []]
+    rec = PassRecorder(networks, num_classes, device)
     with eval_mode(*networks):
-        for k in range(2):
+        for p in range(2):
             for images, labels in loader:
-                x = images.to(device, non_blocking=True)
-                for j, net in enumerate(networks):
-                    outs[j][k].append(F.softmax(net(x).float(), dim=1).cpu())
-                targets[k].append(soft_targets(labels, num_classes, torch.float32))
-    t1, t2 = torch.cat(targets[0]), torch.cat(targets[1])
-    if len(t1) != len(t2):
-        raise ValueError("the two metric passes saw different numbers of images; the loader must not drop or reshuffle")
-    return [Passes(torch.cat(o[0]), t1, torch.cat(o[1]), t2) for o in outs]
+                rec.add(p, images, labels)
+    return rec.passes()
 
 
 def _bootstrap_weights(n: int, seed: int, draws: int = BOOTSTRAP) -> torch.Tensor:
@@ -184,12 +204,28 @@ def score_augmentations(
     pipeline training uses (``datamodule.augment_loader``); only the DA's own draws differ. With a
     ``student`` (the calibrated low-bit network), ``student_m`` is scored on the same draws.
     """
-    scores = []
-    for name in candidates:
-        loader = datamodule.augment_loader(name, num_samples, batch_size, seed)
-        s = score_augmentation(name, teacher, loader, datamodule.num_classes, device, student, seed)
-        log.info("DA metric: %-22s M=%.4f±%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", name, s.m, s.m_se, s.dev, s.cmi, s.seconds)
+    networks = [teacher] if student is None else [teacher, student]
+    loader = datamodule.scoring_loader(candidates, num_samples, batch_size, seed)
+    n = len(loader.dataset.indices)
+    scores: list[AugmentScore] = []
+    rec, seen = None, 0
+
+    def finish():
+        s = rec.score(candidates[len(scores)], seed)
+        log.info("DA metric: %-22s M=%.4f±%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", s.name, s.m, s.m_se, s.dev, s.cmi, s.seconds)
         scores.append(s)
+
+    # One loader for the pool: its workers augment the next candidate while this one is scored.
+    with eval_mode(*networks):
+        for k, images, labels in loader:
+            if k != len(scores):  # the loader moved on to the next candidate
+                finish()
+                rec = None
+            if rec is None:
+                rec, seen = PassRecorder(networks, datamodule.num_classes, device), 0
+            rec.add(0 if seen < n else 1, images, labels)
+            seen += len(labels)
+        finish()
     return scores
 
 

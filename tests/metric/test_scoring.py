@@ -12,19 +12,35 @@ from daqkd.metric.scoring import score_augmentations
 
 
 def test_every_candidate_is_scored_on_the_same_images(make_cfg, monkeypatch):
+    from daqkd.augment.pipeline import CandidateImages
+
     cfg = make_cfg()
     dm = build.build_datamodule(cfg)
     seen = {}
-    make_loader = dm.loader
+    getitem = CandidateImages.__getitem__
 
-    def spy(source, indices, pipeline, *a, **k):
-        seen[pipeline.name] = indices.clone()
-        return make_loader(source, indices, pipeline, *a, **k)
+    def spy(self, item):
+        k, i, _ = item
+        seen.setdefault(k, []).append(int(self.indices[i]))
+        return getitem(self, item)
 
-    monkeypatch.setattr(dm, "loader", spy)
+    monkeypatch.setattr(CandidateImages, "__getitem__", spy)
     score_augmentations(build.build_model(cfg).eval(), dm, ["minimal", "cutmix", "augmix"], 100, 50, 3)
-    assert len(seen) == 3 and all(torch.equal(v, seen["minimal"]) for v in seen.values())
-    assert len(seen["minimal"]) == 100
+    assert len(seen) == 3 and all(v == seen[0] for v in seen.values())  # the same images, in the same order
+    assert len(seen[0]) == 2 * 100 and seen[0][:100] == seen[0][100:]  # two passes over the same 100 images
+
+
+def test_the_pool_loader_scores_exactly_what_each_candidate_loader_scores(make_cfg):
+    """One loader for the whole pool (workers started once) gives, candidate by candidate, the numbers
+    of scoring each candidate with its own loader."""
+    cfg = make_cfg()
+    dm = build.build_datamodule(cfg)
+    teacher = build.build_model(cfg).eval()
+    pool = score_augmentations(teacher, dm, ["trivialaugment", "cutmix"], 100, 30, 3)
+    for s in pool:
+        alone = score_augmentation(s.name, teacher, dm.augment_loader(s.name, 100, 30, 3), 10, seed=3)
+        assert (s.m, s.dev, s.cmi, s.variance, s.m_se) == (alone.m, alone.dev, alone.cmi, alone.variance, alone.m_se)
+
 
 class RecordingLoader:
     """Yields fresh random 'augmented' batches each pass and remembers them."""
