@@ -84,7 +84,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
     seconds["test"] = time.perf_counter() - clock
 
-    (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")
     selection = selector.selection
     results = {
         "status": "ok",
@@ -106,7 +105,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         "provenance": provenance(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    atomic_write_json(output_dir / "results.json", results)
+    if trainer.is_global_zero:  # under DDP every rank gets here; one writes
+        (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")
+        atomic_write_json(output_dir / "results.json", results)
     log.info(
         "Done. DA: %s | teacher test acc %.4f | W%dA%d %s student test acc %.4f | %s",
         selection.selected, teacher.test_acc, cfg.bits.w, cfg.bits.a, cfg.quantizer.name,

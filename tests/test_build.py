@@ -58,7 +58,7 @@ def test_delta_mode_decides_whether_delta_is_estimated(make_cfg, make_module, fm
         dm, module = make_module(make_cfg(f"quantizer.weight.delta_mode={mode}"))
         cb = EWGSDeltaCallback(num_batches=1, probes=1)
         dm.set_train_augment("minimal")
-        trainer = types.SimpleNamespace(datamodule=dm, current_epoch=0, global_step=0)
+        trainer = types.SimpleNamespace(datamodule=dm, current_epoch=0, global_step=0, is_global_zero=True, world_size=1)
         module.log_dict = lambda *a, **k: None
         cb.on_train_epoch_start(trainer, module)
         deltas = [float(q.delta) for q in module.student.modules() if isinstance(q, EWGSQuantizer)]

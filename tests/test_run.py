@@ -188,7 +188,11 @@ def test_smoke_run_writes_everything(make_cfg, tmp_path):
     assert {"torch", "torchvision", "lightning", "hydra-core"} <= set(prov["versions"])
     assert prov["git_commit"] is None or len(prov["git_commit"].split("+")[0]) == 40
     assert set(on_disk["seconds"]) == {"teacher", "scoring", "fit", "test"} and all(v >= 0 for v in on_disk["seconds"].values())
-    assert on_disk["seconds"]["scoring"] > 0 and 100 < on_disk["peak_rss_mb"] < 3000
+    assert on_disk["seconds"]["scoring"] > 0
+    # The process's own high-water mark (the ≤ 3 GB target is checked by make bench, in a fresh process).
+    import resource
+
+    assert 100 < on_disk["peak_rss_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 1
 
 def test_same_seed_same_scores_and_results_and_teacher_is_cached(make_cfg, tmp_path, monkeypatch):
     overrides = ["paths.cache_dir=" + str(tmp_path / "cache"), "augment.pool=[minimal,trivialaugment,cutmix]"]

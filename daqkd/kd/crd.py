@@ -9,10 +9,18 @@ The negatives come from first-in-first-out memory banks of past embeddings, of c
 buffers, so they are checkpointed. Paper weight β = 0.8, τ = 0.07, embedding size 128.
 """
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, embedding_dims, last_embedding
+
+
+def gathered(z: torch.Tensor) -> list[torch.Tensor]:
+    """``z`` from every rank, in rank order (equal batch sizes, as DDP's samplers give)."""
+    parts = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, z.contiguous())
+    return parts
 
 
 class ContrastiveRepresentation(KDMethod):
@@ -41,6 +49,10 @@ class ContrastiveRepresentation(KDMethod):
 
     @torch.no_grad()
     def _enqueue(self, zs, zt):
+        # Under several processes every rank enqueues the whole global batch, in rank order, so the
+        # banks (and the negatives they give) stay the same on every rank.
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            zs, zt = (torch.cat(gathered(z)) for z in (zs, zt))
         size = len(self.bank_s)
         zs, zt = zs[-size:], zt[-size:]  # a batch larger than the bank keeps its newest entries
         n = len(zs)

@@ -1,6 +1,7 @@
 """Quantizers, quantized layers and model conversion (METHOD.md §3)."""
 from daqkd.quant.base import (
     ALLOWED_BITS,
+    Grid,
     QuantConv2d,
     Quantizer,
     QuantLinear,
@@ -21,6 +22,7 @@ __all__ = [
     "ALLOWED_BITS",
     "DoReFaQuantizer",
     "EWGSQuantizer",
+    "Grid",
     "LSQQuantizer",
     "PACTQuantizer",
     "QuantConv2d",

@@ -8,6 +8,7 @@ Adding a quantizer means writing one ``Quantizer`` subclass and one YAML file in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,25 @@ FULL_PRECISION = 32
 
 
 ROLES = ("weight", "activation")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A quantizer's trained grid as integers (for export, daqkd/export.py).
+
+    In eval mode the quantizer computes ``out_scale·(k − out_zero)`` with the integer
+    ``k = clamp(round(x/in_scale + in_zero), qmin, qmax)``. The zero points are floats: a learned
+    lower clip does not fall on an integer, and the mid-rise weight grids of EWGS, PACT and DoReFa
+    ((2k − L)/L) have zero point L/2. For weights only the ``out_*`` half is used (k is read back
+    from the quantized weight, whatever map produced it, e.g. DoReFa's tanh).
+    """
+
+    in_scale: float
+    in_zero: float
+    out_scale: float
+    out_zero: float
+    qmin: int
+    qmax: int
 
 
 class Quantizer(nn.Module):
@@ -84,6 +104,14 @@ class Quantizer(nn.Module):
     def is_weight(self) -> bool:
         return self.role == "weight"
 
+    def grid(self) -> Grid:
+        """The trained grid as integers (``Grid``); every quantizer that can be exported implements it."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its grid as integers, so it cannot be exported")
+
+    def mid_rise_weight_grid(self) -> Grid:
+        """The weight grid 2·k/L − 1, k ∈ {0..L} (EWGS, DoReFa): scale 2/L, zero point L/2."""
+        return Grid(1.0, 0.0, 2.0 / self.levels, self.levels / 2, 0, self.levels)
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, role={self.role}"
 
@@ -142,6 +170,8 @@ class QuantLayerMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
             return self._calibrate(x)
+        if self.act_quantizer is not None and x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()  # mixed precision: quantizer arithmetic in fp32 (bf16 cannot tell 255 levels apart)
         xq = self.act_quantizer(x) if self.act_quantizer is not None else x
         wq = self.weight_quantizer(self.weight) if self.weight_quantizer is not None else self.weight
         if self.output_scale is not None:

@@ -51,18 +51,25 @@ class EWGSDeltaCallback(L.Callback):
                      self.last_step, epoch, 100 * self.max_time_fraction)
             return
         start = time.perf_counter()
-        batches = [move_data_to_device(b, pl_module.device) for b in trainer.datamodule.train_batches(self.num_batches, epoch)]
-        gen = torch.Generator().manual_seed(self.seed + epoch)
-        # The whole module in eval mode: the estimate must not change training state (BN statistics,
-        # a KD loss's memory bank).
-        with eval_mode(pl_module):
-            deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen, self.probes)
+        deltas = None
+        if trainer.is_global_zero:  # one estimate, broadcast: every rank holds the same δ
+            batches = [move_data_to_device(b, pl_module.device) for b in trainer.datamodule.train_batches(self.num_batches, epoch)]
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            # The whole module in eval mode: the estimate must not change training state (BN
+            # statistics, a KD loss's memory bank).
+            with eval_mode(pl_module):
+                deltas = estimate_ewgs_deltas(pl_module.student, lambda b: pl_module.compute_loss(b)[0], batches, gen, self.probes)
+        if trainer.world_size > 1:
+            deltas = trainer.strategy.broadcast(deltas, src=0)
+            for name, module in pl_module.student.named_modules():
+                if name in deltas:
+                    module.delta.fill_(deltas[name])
         self.last_step = step
         seconds = time.perf_counter() - start
         values = torch.tensor(list(deltas.values()))
         log.info(
             "EWGS δ re-estimated on %d batches in %.1fs: mean %.3g, min %.3g, max %.3g over %d quantizers",
-            len(batches), seconds, values.mean(), values.min(), values.max(), len(values),
+            self.num_batches, seconds, values.mean(), values.min(), values.max(), len(values),
         )
         pl_module.log_dict({"ewgs/delta_mean": float(values.mean()), "ewgs/delta_max": float(values.max()),
                             "ewgs/estimate_seconds": seconds})

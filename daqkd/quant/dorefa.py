@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from daqkd.quant.base import Quantizer, mse_range
+from daqkd.quant.base import Grid, Quantizer, mse_range
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,14 @@ class DoReFaQuantizer(Quantizer):
             _, hi = mse_range(x, self.levels, -m if self.signed else 0.0, m)
             self.range.fill_(hi)
         super().initialize(x)
+
+    def grid(self) -> Grid:
+        if self.is_weight:
+            return self.mid_rise_weight_grid()
+        r, L = float(self.range), self.levels
+        if self.signed:  # (2·round((x/r + 1)/2·L)/L − 1)·r
+            return Grid(2 * r / L, L / 2, 2 * r / L, L / 2, 0, L)
+        return Grid(r / L, 0.0, r / L, 0.0, 0, L)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_weight:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from daqkd.quant.base import Quantizer, input_range, mse_range
+from daqkd.quant.base import Grid, Quantizer, input_range, mse_range
 from daqkd.torchutil import eval_mode
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,15 @@ class EWGSQuantizer(Quantizer):
         if self.capture:
             self.captured = y
         return y
+
+    def grid(self) -> Grid:
+        if self.is_weight:
+            return self.mid_rise_weight_grid()
+        lo, r = float(self.lower.detach()), float((self.upper - self.lower).detach())
+        step = r / self.levels
+        # Unsigned activations stay in [0, 1] (k/L); signed ones map back to k·r/L + l.
+        out_scale, out_zero = (step, -lo / step) if self.signed else (1.0 / self.levels, 0.0)
+        return Grid(step, -lo / step, out_scale, out_zero, 0, self.levels)
 
     def output_gain(self) -> torch.Tensor:
         """dy/dx_q: converts gradients and Hessians taken w.r.t. the output y into x_q units."""

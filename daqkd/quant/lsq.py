@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn as nn
 
-from daqkd.quant.base import Quantizer, mse_range
+from daqkd.quant.base import Grid, Quantizer, mse_range
 
 
 class LSQQuantize(torch.autograd.Function):
@@ -60,6 +60,10 @@ class LSQQuantizer(Quantizer):
         lo, hi = mse_range(x, self.q_n + self.q_p, -self.q_n * s_max, self.q_p * s_max)
         self.step.fill_((hi - lo) / (self.q_n + self.q_p))
         super().initialize(x)
+
+    def grid(self) -> Grid:
+        s = float(self.step.detach())
+        return Grid(s, 0.0, s, 0.0, -self.q_n, self.q_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.numel() if self.is_weight else x[0].numel()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from daqkd.quant.base import Quantizer, input_range, mse_range
+from daqkd.quant.base import Grid, Quantizer, input_range, mse_range
 
 
 class PACTQuantize(torch.autograd.Function):
@@ -56,6 +56,11 @@ class PACTQuantizer(Quantizer):
         self.alpha.fill_(hi)
         self.lower.fill_(min(lo, -1e-3) if self.signed else 0.0)
         super().initialize(x)
+
+    def grid(self) -> Grid:
+        lo = float(self.lower.detach()) if self.signed else 0.0
+        step = (float(self.alpha.detach()) - lo) / self.levels
+        return Grid(step, -lo / step, step, -lo / step, 0, self.levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lower = self.lower if self.signed else self.lower.detach()

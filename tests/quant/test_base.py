@@ -243,6 +243,7 @@ def test_every_model_and_quantizer_at_w8a8_agrees_with_its_teacher(session_cfg, 
     from daqkd.quant import calibrate, quantize_model
 
     dm = build.build_datamodule(session_cfg())
+    dm.setup("fit")
     x = torch.stack([dm.pipeline(None).per_image(dm.test_set.image(i)) for i in range(1000)])
     failures = []
     for name in sorted(available_models()):
