@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.daqkd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: setup data run test test-fast lint bench clean clean-cache
+.PHONY: setup data run test test-fast test-heavy lint bench clean clean-cache
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ test: data
 # Everything but what trains (the `slow` marker): a minute.
 test-fast: data
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+# Also the tests too long for CI (every model at W8A8): DAQKD_HEAVY=1.
+test-heavy: data
+	DAQKD_HEAVY=1 $(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check daqkd tests

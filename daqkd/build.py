@@ -74,10 +74,14 @@ def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, 
 
 
 def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: dict[str, Any] | None = None) -> TeacherInfo:
-    """The FP teacher: ``teacher.ckpt``, else the cache, else trained (and cached)."""
+    """The FP teacher: ``teacher.ckpt``, else the cache, else trained (and cached).
+
+    Trained on one device even under ``trainer=ddp``: every rank of a DDP run gets here, the cache's
+    file lock lets one train while the others wait and load its file (train a large teacher ahead with
+    ``python -m daqkd.train_teacher``)."""
     kw = {
         "accelerator": cfg.trainer.get("accelerator", "auto"),
-        "devices": cfg.trainer.get("devices", "auto"),
+        "devices": 1,
         "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True),
         "limit_train_batches": cfg.teacher.get("limit_train_batches"),
         **(trainer_kwargs or {}),

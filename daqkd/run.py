@@ -77,6 +77,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
             f"received SIGTERM; saved {preemption.saved} and stopped. Resume with "
             f"python -m daqkd.run <the same overrides> hydra.run.dir={output_dir} ckpt_path=last"
         ) from None
+    if selector.selection is None:  # ddp_spawn: decided in the worker processes, saved in the checkpoint
+        selector.recover(trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
     seconds["scoring"] = selector.seconds
     seconds["fit"] = time.perf_counter() - clock - selector.seconds
     clock = time.perf_counter()

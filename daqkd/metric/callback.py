@@ -83,6 +83,13 @@ class DAMetricCallback(L.Callback):
             self._report(trainer, selection)
         return trainer.strategy.broadcast(selection, src=0)
 
+    def recover(self, checkpoint_path: str) -> Selection:
+        """The selection made in other processes (``ddp_spawn`` decides in its workers, so the launching
+        process's callback never ran ``setup``), read back from the checkpoint the fit wrote."""
+        self.resume_from = checkpoint_path
+        self.selection = self._restore()
+        return self.selection
+
     def _restore(self) -> Selection:
         checkpoint = read_checkpoint(self.resume_from)
         state = checkpoint.get("callbacks", {}).get(self.state_key)

@@ -1,0 +1,59 @@
+"""Sweeps beyond one process: cluster=slurm (a SLURM array through hydra-submitit-launcher, with
+requeue), cluster=local (submitit's local executor, jobs in parallel) sharing one teacher cache
+(conf/cluster/, daqkd/teacher.py's file lock)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def sweep(tmp_path, *args, env=None, timeout=600):
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "daqkd.run", "-m", "debug=fast", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_slurm_sweep_is_one_array_that_requeues(tmp_path):
+    """Without a cluster: fake sbatch/srun on PATH; the array script submitit writes is checked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_COPY"\necho "sbatch: not a cluster" >&2\nexit 1\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    copy = tmp_path / "sbatch.sh"
+    p = sweep(tmp_path, "cluster=slurm", "augment=minimal,cutmix,trivialaugment", "hydra.launcher.partition=gpu",
+              "hydra.launcher.array_parallelism=2", env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_COPY": str(copy)},
+              timeout=120)
+    assert "not a cluster" in p.stderr
+    script = copy.read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --time=720",
+                 "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@300", "#SBATCH --ntasks-per-node=1"):
+        assert line in script, line
+    # A requeued job resumes: every job runs with ckpt_path=last, and submitit calls the launcher's
+    # checkpoint() on USR2 to resubmit it with the same overrides (up to max_num_timeout times).
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base=None):
+        cfg = compose("config", overrides=["cluster=slurm"], return_hydra_config=True)
+    assert cfg.ckpt_path == "last" and cfg.hydra.launcher.max_num_timeout == 5
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and callable(SlurmLauncher.checkpoint)
+
+
+def test_local_sweep_runs_in_parallel_and_trains_the_teacher_once(tmp_path):
+    p = sweep(tmp_path, "cluster=local", "augment=minimal,cutmix", "metric.score_fixed=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = [json.loads(f.read_text()) for f in sorted((tmp_path / "multirun").rglob("results.json"))]
+    assert len(results) == 2 and {r["selected_augment"] for r in results} == {"minimal", "cutmix"}
+    # Both jobs started together on an empty cache: one trained the teacher under the lock, the
+    # other waited and loaded the same file.
+    assert sorted(r["teacher"]["source"] for r in results) == ["cache", "trained"]
+    assert results[0]["teacher"]["ckpt"] == results[1]["teacher"]["ckpt"]
+    assert results[0]["teacher"]["sha256"] == results[1]["teacher"]["sha256"]
+    assert len(list(Path(tmp_path / ".cache" / "teachers").glob("*.pt"))) == 1
