@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.daqkd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: setup data run test test-fast test-heavy lint bench clean clean-cache
+.PHONY: setup data run test test-fast test-heavy lint sync bench clean clean-cache
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ lint: $(STAMP)
 
 bench: data
 	$(PY) -m daqkd.bench $(ARGS)
+
+# Uploads every offline W&B run under outputs/ and multirun/ (needs WANDB_API_KEY or `wandb login`).
+sync: $(STAMP)
+	@runs="$$(find outputs multirun -type d -name 'offline-run-*' 2>/dev/null)"; \
+	if [ -z "$$runs" ]; then echo "no offline W&B runs under outputs/ or multirun/"; \
+	else $(VENV)/bin/wandb sync $$runs; fi
 
 # Never touches results (outputs/, multirun/) or caches: `make clean-cache` removes the cached teachers.
 clean:

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn as nn
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from daqkd.data import ImageDataModule
 from daqkd.io import AtomicCheckpointIO
@@ -181,7 +181,19 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    """``logger.*``; a WandbLogger gets its group, tags, run id and mode from daqkd.wandb_setup."""
+    loggers = []
+    for c in (cfg.get("logger") or {}).values():
+        if c is None:
+            continue
+        if str(c.get("_target_", "")).endswith("WandbLogger"):
+            from daqkd.wandb_setup import logger_kwargs
+
+            settings = OmegaConf.to_container(c, resolve=True)
+            loggers.append(instantiate({"_target_": settings.pop("_target_")}, **logger_kwargs(settings, cfg.paths.output_dir)))
+        else:
+            loggers.append(instantiate(c))
+    return loggers
 
 
 def build_trainer(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> L.Trainer:

@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default=None, help=f"pivot rows: {', '.join(FIELDS)} or a dotted path into results.json")
     ap.add_argument("--cols", default="bits", help="pivot columns")
     ap.add_argument("--metric", default="test_acc", help="pivot cells (default: student test accuracy, %%)")
+    ap.add_argument("--wandb", action="store_true", help="log the tables and scatter.png to a W&B summary run of the sweep's group "
+                    "(offline without an API key: make sync uploads it)")
     ap.add_argument("--plot", action="store_true", help="kept for compatibility: scatter.png is always written when matplotlib is there")
     args = ap.parse_args(argv)
 
@@ -326,6 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         scatter(settings, out / "scatter.png")
     except ImportError:
         print("matplotlib is not installed: no scatter.png (pip install matplotlib)", file=sys.stderr)
+    if args.wandb:
+        from daqkd.wandb_setup import log_sweep_summary
+
+        keys = ["setting", "selector", "rho", "lo", "hi", "pick", "rank", "of", "regret"]
+        runs_table = [[str(Path(r["_path"]).parent), field(r, "augment"), field(r, "selected"), field(r, "seed"), field(r, "test_acc")]
+                      for r in runs]
+        where = log_sweep_summary(out, {"selectors": (keys, [[row.get(k) for k in keys] for row in csv_rows]),
+                                        "runs": (["run", "augment", "selected", "seed", "test_acc"], runs_table)},
+                                  {"scatter": out / "scatter.png"})
+        print(f"W&B summary run: {where}", file=sys.stderr)
     return 0
 
 
