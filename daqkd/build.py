@@ -169,6 +169,7 @@ def build_selection(cfg: DictConfig, resume_from: str | None) -> DAMetricCallbac
         selector=metric.selector,
         output_dir=str(cfg.paths.output_dir),
         resume_from=resume_from,
+        score_student=metric.score_student,
     )
 
 

@@ -29,7 +29,7 @@ class DAMetricCallback(L.Callback):
 
     - resuming (``resume_from`` is the checkpoint): the DA saved in it, without scoring again;
     - otherwise every candidate is scored with the teacher (M = DEV − CMI, METHOD.md §1, and the
-      baseline selectors, from the same passes) and with the calibrated student (``student_m``), the
+      baseline selectors, from the same passes) and, with ``score_student``, with the calibrated student (``student_m``), the
       ranking is logged, and the DA is ``fixed`` when given, else the argmin of ``selector``.
 
     ``candidates`` may be empty with a ``fixed`` DA (nothing is scored). Under several processes
@@ -46,12 +46,14 @@ class DAMetricCallback(L.Callback):
         selector: str = "m",
         output_dir: str | None = None,
         resume_from: str | None = None,
+        score_student: bool = False,
     ):
         if not candidates and fixed is None:
             raise ValueError("DAMetricCallback needs candidates to score or a fixed DA")
         if selector not in SELECTORS:
             raise ValueError(f"metric.selector={selector!r} is not a selector; choose one of {', '.join(SELECTORS)}")
         self.selector = selector
+        self.score_student = score_student or selector == "student_m"
         self.candidates = list(dict.fromkeys(candidates))
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.fixed, self.output_dir, self.resume_from = fixed, output_dir, resume_from
@@ -74,7 +76,8 @@ class DAMetricCallback(L.Callback):
             device = trainer.strategy.root_device
             scores = []
             if self.candidates:
-                teacher, student = pl_module.teacher.to(device), pl_module.student.to(device)
+                teacher = pl_module.teacher.to(device)
+                student = pl_module.student.to(device) if self.score_student else None
                 scores = score_augmentations(teacher, dm, self.candidates, self.num_samples, self.batch_size, self.seed, device, student)
             if self.fixed is not None:
                 selection = Selection(self.fixed, "fixed", scores)

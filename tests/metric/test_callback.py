@@ -14,9 +14,9 @@ class _Trainer(types.SimpleNamespace):
         strategy = types.SimpleNamespace(root_device=torch.device("cpu"), broadcast=lambda obj, src=0: obj)
         super().__init__(is_global_zero=True, strategy=strategy, datamodule=dm, loggers=[])
 
-@pytest.mark.parametrize("n", [100, 200])
-def test_metric_num_samples_is_what_the_teacher_scores(make_cfg, n):
-    cfg = make_cfg(f"metric.num_samples={n}", "augment.pool=[minimal,cutmix]")
+@pytest.mark.parametrize("n,score_student", [(100, True), (200, False)])
+def test_metric_num_samples_is_what_the_teacher_scores(make_cfg, n, score_student):
+    cfg = make_cfg(f"metric.num_samples={n}", "augment.pool=[minimal,cutmix]", f"metric.score_student={score_student}")
     dm = build.build_datamodule(cfg)
     teacher = build.build_model(cfg).eval()
     student = build.build_student(cfg, teacher, dm)
@@ -26,7 +26,9 @@ def test_metric_num_samples_is_what_the_teacher_scores(make_cfg, n):
     cb = build.build_selection(cfg, None)
     cb.setup(_Trainer(dm), types.SimpleNamespace(teacher=teacher, student=student), "fit")
     assert sum(seen) == 2 * 2 * n  # two candidates, two passes each
-    assert sum(seen_student) == 2 * 2 * n  # student_m: the same two passes through the student
+    # student_m: the same two passes through the student, only when asked for (two more passes per DA)
+    assert sum(seen_student) == (2 * 2 * n if score_student else 0)
+    assert all(s.student_m == s.student_m for s in cb.selection.scores) == score_student  # NaN when not scored
     assert dm.train_augment == cb.selection.selected
 
 
