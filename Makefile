@@ -37,16 +37,17 @@ data: $(STAMP)
 run: data
 	$(PY) -m daqkd.run $(ARGS)
 
+# One worker per core (pytest-xdist), one torch thread each.
 test: data
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 # Everything but what trains (the `slow` marker): a minute.
 test-fast: data
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n auto -m "not slow" $(ARGS)
 
 # Also the tests too long for CI (every model at W8A8): DAQKD_HEAVY=1.
 test-heavy: data
-	DAQKD_HEAVY=1 $(PY) -m pytest -q $(ARGS)
+	DAQKD_HEAVY=1 $(PY) -m pytest -q -n auto $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check daqkd tests

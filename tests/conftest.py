@@ -2,6 +2,8 @@
 folders), datamodules, a trained smoke teacher, a real batch, and the module a run builds."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -12,6 +14,10 @@ from daqkd.config import config_dir, normalize_overrides
 from daqkd.data import ImageDataModule
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs one worker per core: one thread each, subprocesses too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 def compose_cfg(root, cache, *overrides: str, fast: bool = True) -> DictConfig:
