@@ -129,8 +129,10 @@ def build_distiller(cfg: DictConfig, student: nn.Module, teacher: nn.Module, dat
 
 
 def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamodule: ImageDataModule | None) -> QATKDModule:
-    """The LightningModule: student, frozen teacher, the Distiller of ``kd=`` and the ``optim=`` recipe."""
-    return QATKDModule(
+    """The LightningModule: student, frozen teacher, the Distiller of ``kd=`` and the ``optim=`` recipe,
+    with the ``speed.*`` switches (channels_last layout, torch.compile of both networks)."""
+    speed = cfg.get("speed") or {}
+    module = QATKDModule(
         student=student,
         teacher=teacher,
         distiller=build_distiller(cfg, student, teacher, datamodule),
@@ -138,7 +140,12 @@ def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamo
         optimizer=instantiate(cfg.optim.optimizer),
         quant_lr=cfg.optim.quant_lr,
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        channels_last=bool(speed.get("channels_last", False)),
     )
+    if speed.get("compile", False):  # nn.Module.compile: in place, so state_dict keys stay as they are
+        student.compile(backend=speed.get("compile_backend", "inductor"))
+        teacher.compile(backend=speed.get("compile_backend", "inductor"))
+    return module
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

@@ -41,8 +41,13 @@ class QATKDModule(L.LightningModule):
         optimizer: Callable,
         quant_lr: float,
         scheduler: Callable | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
+        self.channels_last = channels_last
+        if channels_last:  # NHWC weights; compute_loss gives the inputs the same layout
+            student.to(memory_format=torch.channels_last)
+            teacher.to(memory_format=torch.channels_last)
         self.student, self.teacher, self.distiller = student, teacher, distiller
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -73,6 +78,8 @@ class QATKDModule(L.LightningModule):
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """(loss, weighted terms, student logits) for one batch."""
         x, y = batch
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.distiller(x, y, self.progress)
 
     def training_step(self, batch, batch_idx):
