@@ -27,6 +27,7 @@ def student_of(teacher, factories, bits, batch):
     return student.eval()
 
 
+@pytest.mark.slow  # the fast_teacher fixture trains a teacher
 @pytest.mark.parametrize("bits", [2, 8])
 def test_frozen_module_has_b_bit_integer_weights_and_agrees(fast_teacher, fmnist_batch, quantizer_factories, test_images, bits):
     for name, factories in quantizer_factories.items():
@@ -48,6 +49,7 @@ def test_frozen_module_has_b_bit_integer_weights_and_agrees(fast_teacher, fmnist
         assert float((ref - out).abs().mean()) < 0.02 * float(ref.abs().mean()), name
 
 
+@pytest.mark.slow  # the fast_teacher fixture trains a teacher
 def test_frozen_weights_dequantize_to_the_trained_ones(fast_teacher, fmnist_batch, quantizer_factories):
     """Before BatchNorm folding changes the scales: s·(k − z) is exactly the fake-quantized weight."""
     student = student_of(fast_teacher, quantizer_factories["dorefa"], 3, fmnist_batch[0])
@@ -59,6 +61,7 @@ def test_frozen_weights_dequantize_to_the_trained_ones(fast_teacher, fmnist_batc
     assert torch.allclose(frozen.weight(), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # the fast_teacher fixture trains a teacher
 @pytest.mark.parametrize("name,bits", [("ewgs", 2), ("lsq", 8), ("pact", 4)])
 def test_onnx_passes_the_checker_and_agrees_in_onnx_runtime(fast_teacher, fmnist_batch, quantizer_factories, test_images,
                                                             tmp_path, name, bits):
@@ -77,6 +80,7 @@ def test_onnx_passes_the_checker_and_agrees_in_onnx_runtime(fast_teacher, fmnist
     assert agree >= 0.995
 
 
+@pytest.mark.slow  # trains a student
 def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path):
     out = tmp_path / "run"
     run.train(make_cfg(f"paths.output_dir={out}", "augment=minimal", "bits=4"))

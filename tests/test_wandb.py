@@ -24,6 +24,17 @@ def offline_runs(folder):
     return sorted(folder.rglob("offline-run-*"))
 
 
+def run_record(run_dir, *expected: bytes, timeout: float = 30.0) -> bytes:
+    """The run's .wandb record file once it holds ``expected`` (wandb's service may still be flushing
+    it when finish() returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = next(run_dir.glob("run-*.wandb")).read_bytes()
+        if all(e in data for e in expected) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_sweep_run_is_offline_grouped_tagged_and_holds_the_ranking_table(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"DAQKD_ROOT": str(tmp_path), "HOME": str(tmp_path)}
@@ -35,7 +46,7 @@ def test_sweep_run_is_offline_grouped_tagged_and_holds_the_ranking_table(tmp_pat
     (run,) = offline_runs(job)
     rid = (job / ID_FILE).read_text().strip()
     assert run.name.endswith(rid)
-    record = next(run.glob("run-*.wandb")).read_bytes()
+    record = run_record(run, sweep.name.encode(), b"quantizer=ewgs")
     assert sweep.name.encode() in record  # the group
     for tag in (b"quantizer=ewgs", b"bits=2", b"augment=auto", b"dataset=fashion_mnist"):
         assert tag in record, tag
@@ -61,7 +72,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(make_cfg, tmp_path, no_key):
         ids.append(logger.experiment.id)
         logger.experiment.finish()
     assert ids[0] == ids[1] == (tmp_path / "run" / ID_FILE).read_text().strip()
-    assert len(offline_runs(tmp_path / "run")) == 2 and all(r.name.endswith(ids[0]) for r in offline_runs(tmp_path / "run"))
+    # Two offline folders (a second start in the same second gets a "-1" suffix), both of that run id.
+    assert len(offline_runs(tmp_path / "run")) == 2 and all(f"-{ids[0]}" in r.name for r in offline_runs(tmp_path / "run"))
 
 
 def test_report_logs_a_summary_run_of_the_sweep_group(tmp_path, no_key):
@@ -74,7 +86,7 @@ def test_report_logs_a_summary_run_of_the_sweep_group(tmp_path, no_key):
         fake_run(sweep / str(i), aug, i // 2, acc)
     assert report.main([str(sweep), "--wandb"]) == 0
     (run,) = offline_runs(sweep)
-    record = next(run.glob("run-*.wandb")).read_bytes()
+    record = run_record(run, sweep.name.encode(), b"summary")
     assert sweep.name.encode() in record and b"summary" in record
     tables = {p.name.split("_")[0] for p in run.glob("files/media/table/*.table.json")}
     assert tables == {"selectors", "runs"}
