@@ -162,6 +162,14 @@ class FrozenActivation(nn.Module):
         return f"bits={self.bits}, k∈[{self.qmin}, {self.qmax}], scale={self.in_scale:.4g}, zero={self.in_zero_int + self.in_zero_rem:.4g}"
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as y = factor·x + (shift − factor·mean): (factor, shift) per channel."""
+    factor = 1 / torch.sqrt(bn.running_var + bn.eps)
+    if not bn.affine:
+        return factor, torch.zeros_like(factor)
+    return bn.weight.detach() * factor, bn.bias.detach()
+
+
 class FrozenLayer(nn.Module):
     """A quantized conv or linear layer with integer weights: y = op(act(x), s·(k − z)) + bias."""
 
@@ -221,8 +229,7 @@ class FrozenLayer(nn.Module):
         """Fold an eval-mode BatchNorm after this layer into the weight scales and the bias.
         Integer weights keep their integers, so this needs every channel's factor γ/σ > 0 (a
         DequantizeLinear scale is positive); otherwise the BatchNorm stays (returns False)."""
-        factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias.detach() if bn.affine else torch.zeros_like(factor)
+        factor, shift = batchnorm_affine(bn)
         if self.quantized_weight:
             if not bool((factor > 0).all()):
                 return False
@@ -256,8 +263,7 @@ class FloatLayer(nn.Module):
 
     @torch.no_grad()
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> bool:
-        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias if bn.affine else torch.zeros_like(factor)
+        factor, shift = batchnorm_affine(bn)
         self.layer.weight.mul_(factor.view(-1, *([1] * (self.layer.weight.ndim - 1))))
         self.layer.bias.copy_((self.layer.bias - bn.running_mean) * factor + shift)
         return True
