@@ -5,7 +5,7 @@ DequantizeLinear), both checked against the training-time model on the test set.
     python -m daqkd.export path/to/checkpoints/last.ckpt --bench        # + ONNX Runtime latency
 
 What the frozen module holds, per quantized layer:
-- the weight as integers k of the trained bit width (uint8 or int8 containers), with a per-output-
+- the weight as integers k of the trained bit width (uint8 containers), with a per-output-
   channel scale s and zero point z: w = s·(k − z). The layer's learned output scale and, where the
   quantizer allows it, the following BatchNorm are folded into s and the bias;
 - the input activation's grid (``Grid``): k = clamp(round(x/s_in + z_in), qmin, qmax), then
@@ -61,7 +61,7 @@ def unsigned(grid: Grid) -> Grid:
     return Grid(grid.in_scale, grid.in_zero + shift, grid.out_scale, grid.out_zero + shift, 0, span)
 
 
-def split_zero(zero: float, qmin: int, qmax: int) -> tuple[int, float]:
+def split_zero(zero: float) -> tuple[int, float]:
     """A fractional zero point z as (its integer part zi, clamped to uint8, and z − zi)."""
     zi = int(min(max(round(zero), 0), 255))
     return zi, float(zero - zi)
@@ -151,8 +151,8 @@ class FrozenActivation(nn.Module):
                 raise ExportError(f"an activation grid has scale {scale} and zero point {zero}; only a positive finite scale can be "
                                   "exported (the quantizer's range collapsed during training: retrain with a lower quantizer lr)")
         self.in_scale, self.out_scale = float(grid.in_scale), float(grid.out_scale)
-        self.in_zero_int, self.in_zero_rem = split_zero(grid.in_zero, self.qmin, self.qmax)
-        self.out_zero_int, self.out_zero_rem = split_zero(grid.out_zero, self.qmin, self.qmax)
+        self.in_zero_int, self.in_zero_rem = split_zero(grid.in_zero)
+        self.out_zero_int, self.out_zero_rem = split_zero(grid.out_zero)
 
     def forward(self, x):
         return quantize_act(x, self.in_scale, self.in_zero_int, self.in_zero_rem, self.qmin, self.qmax,
@@ -199,7 +199,7 @@ class FrozenLayer(nn.Module):
                 if float(k.min()) < grid.qmin or float(k.max()) > grid.qmax:
                     raise ExportError(f"{type(wq).__name__}'s weight integers leave [{grid.qmin}, {grid.qmax}]")
                 dtype = torch.uint8
-                zi, self.weight_zero_rem = split_zero(grid.out_zero, grid.qmin, grid.qmax)
+                zi, self.weight_zero_rem = split_zero(grid.out_zero)
                 self.register_buffer("weight_int", k.to(dtype))
                 self.register_buffer("weight_scale", torch.full((out_channels,), grid.out_scale * alpha))
                 self.register_buffer("weight_zero_int", torch.full((out_channels,), zi, dtype=dtype))
