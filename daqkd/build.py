@@ -88,7 +88,7 @@ def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: 
     }
     return resolve_teacher(
         lambda: build_model(cfg), datamodule, teacher_identity(cfg, datamodule), teacher_recipe(cfg), cfg.paths.cache_dir,
-        ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw,
+        ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw, seed=cfg.seed,
     )
 
 

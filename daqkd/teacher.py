@@ -104,6 +104,7 @@ def resolve_teacher(
     ckpt: str | None = None,
     retrain: bool = False,
     trainer_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
 ) -> TeacherInfo:
     """The FP teacher for this run, in eval mode, with its test accuracy.
 
@@ -112,7 +113,15 @@ def resolve_teacher(
     start together take a file lock, so a teacher is trained once and nobody reads half a file. A
     corrupt cache file is moved aside and the teacher retrained. The cache also keeps the teacher's
     test accuracy per test split, so it is measured once.
+
+    A trained teacher is a function of its identity: it is initialised and trained from ``seed``
+    (part of the identity) whatever the caller's random state, which is restored afterwards.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed)
+
+
+def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed) -> TeacherInfo:
     model = build_model()
     datamodule.setup()
     test_key = datamodule.test_fingerprint()
@@ -134,8 +143,10 @@ def resolve_teacher(
                 aside = path.with_suffix(".corrupt")
                 path.replace(aside)
                 log.warning("teacher cache %s unreadable (%s); moved to %s and retraining", path, e, aside)
-                model, cached = build_model(), None
+                cached = None
         if source == "trained":
+            torch.manual_seed(seed)
+            model = build_model()
             train_teacher(model, datamodule, recipe, trainer_kwargs or {})
         accuracies = dict((cached or {}).get("test_acc", {}))
         if test_key not in accuracies:

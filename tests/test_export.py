@@ -42,11 +42,19 @@ def test_frozen_module_has_b_bit_integer_weights_and_agrees(fast_teacher, fmnist
         assert info["batchnorm_folded"] == 19 and not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
         with torch.no_grad():
             ref, out = student(test_images), frozen(test_images)
-        # (On a trained Fashion-MNIST model, 99.9-100 % of the 10,000 test images; this one-epoch
-        # teacher has near ties, where a float rounding difference can flip the top-1.)
-        agree = float((ref.argmax(1) == out.argmax(1)).float().mean())
-        assert agree >= 0.985, (name, bits, agree)
-        assert float((ref - out).abs().mean()) < 0.02 * float(ref.abs().mean()), name
+        # The same function up to float rounding (BatchNorm folded into the scales sums in another
+        # order, so an activation near a rounding boundary can land one grid step over): measured
+        # mean |Δlogit| 0.02-0.4 % of the mean |logit| (2.5 % at 2 bits on another one-epoch teacher);
+        # a wrong fold or zero point gives tens of percent.
+        scale = float(ref.abs().mean())
+        assert float((ref - out).abs().mean()) < 0.03 * scale, name
+        # Top-1 flips only where this weak teacher's student has near ties (on a trained Fashion-MNIST
+        # model, 99.9-100 % of the 10,000 test images agree): measured 0-8 of 512, every one with a
+        # top-2 margin under 2.5 % of the mean |logit|.
+        flipped = ref.argmax(1) != out.argmax(1)
+        top2 = ref.topk(2, 1).values
+        assert float(flipped.float().mean()) <= 0.03, (name, bits, int(flipped.sum()))
+        assert bool(((top2[:, 0] - top2[:, 1])[flipped] < 0.1 * scale).all()), (name, bits)
 
 
 @pytest.mark.slow  # the fast_teacher fixture trains a teacher

@@ -21,9 +21,15 @@ def test_given_teacher_and_corrupt_cache(make_cfg, tmp_path):
     assert given.source == "given" and given.test_acc == first.test_acc
     # A torn cache file is moved aside and the teacher retrained, not a crash hours later.
     Path(first.ckpt).write_bytes(b"\x00" * 10)
+    torch.manual_seed(12345)  # whatever the caller's random state, the teacher is its identity's
+    state = torch.get_rng_state()
     again = build.build_teacher(cfg, dm)
+    assert torch.equal(torch.get_rng_state(), state)  # and the caller's random state is left as it was
     assert again.source == "trained" and Path(first.ckpt).with_suffix(".corrupt").is_file()
     assert load_weights(create_model("resnet20", 10, 1), again.ckpt) is not None
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    other = build.build_teacher(make_cfg("paths.cache_dir=" + str(tmp_path / "cache"), "seed=1"), dm)
+    assert other.ckpt != first.ckpt and not torch.equal(other.model.conv1.weight, first.model.conv1.weight)
 
 
 def test_evaluate_accuracy_restores_the_mode_and_reads_soft_labels():
