@@ -35,7 +35,8 @@ from hydra import compose, initialize_config_dir
 from daqkd import build
 from daqkd.config import config_dir, normalize_overrides
 from daqkd.kd import cross_entropy, kd_kl
-from daqkd.metric.scoring import score_augmentations
+from daqkd.metric.core import bootstrap_metric
+from daqkd.metric.scoring import BOOTSTRAP, score_augmentations
 from daqkd.provenance import peak_rss_mb
 from daqkd.quant import EWGSQuantizer, estimate_ewgs_deltas, quantize_model
 from daqkd.quant.ewgs import ewgs_round
@@ -218,6 +219,22 @@ class Bench:
                 "share_of_default_run": share, "default_run_seconds_estimated": run_s,
                 "ranking": [s.name for s in sorted(scores, key=lambda s: s.m)]}
 
+    def bootstrap(self) -> dict:
+        """The scorer's bootstrap standard errors at many classes (Tiny-ImageNet: 200): hard labels go
+        class by class; the general path (soft labels, CutMix) is the limit it is compared with."""
+        n, c = (400, 200) if self.quick else (2000, 200)
+        gen = torch.Generator().manual_seed(0)
+        p1, p2 = (F.softmax(3 * torch.randn(n, c, generator=gen), 1) for _ in range(2))
+        hard = F.one_hot(torch.arange(n) % c, c).double()
+        soft = 0.999 * hard + 0.001 / c  # the same shapes, not one-hot
+        weights = torch.ones(BOOTSTRAP, n, dtype=torch.float64)
+        times = {name: timed(lambda t=t: bootstrap_metric(p1, t, p2, t, weights), 1 if self.quick else 2)
+                 for name, t in (("hard", hard), ("general", soft))}
+        speedup = times["general"] / times["hard"]
+        self.row(f"DA metric bootstrap, {c} classes × {n} images, hard labels vs general", times["hard"], times["general"],
+                 speedup, "faster", speedup > 1, "s")
+        return {"classes": c, "images": n, "hard_seconds": times["hard"], "general_seconds": times["general"], "speedup": speedup}
+
     # ----------------------------------------------------------------------- EWGS δ
 
     def ewgs_delta(self) -> dict:
@@ -306,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     result["qat_step"] = bench.qat_steps()
     result["fused_ewgs"] = bench.fused_ewgs()
     result["scoring"] = bench.scoring()
+    result["scoring"]["bootstrap"] = bench.bootstrap()
     result["ewgs_delta"] = bench.ewgs_delta()
     result["pipeline"] = bench.pipeline()
     result["memory"] = {"bench_peak_rss_mb": peak_rss_mb()}

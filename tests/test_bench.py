@@ -20,6 +20,8 @@ def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
     sc = data["scoring"]
     assert sc["pool_seconds"] > 0 and 0 < sc["share_of_default_run"] < 1 and set(sc["per_candidate"]) == set(sc["pool"])
     assert all(c["efficiency"] > 0 for c in sc["per_candidate"].values())
+    boot = sc["bootstrap"]
+    assert boot["classes"] == 200 and boot["hard_seconds"] > 0 and boot["speedup"] == pytest.approx(boot["general_seconds"] / boot["hard_seconds"])
     d = data["ewgs_delta"]
     assert d["seconds"] > 0 and d["estimates_in_default_run"] >= 1 and d["relative_standard_error"] >= 0
     assert all(p["images_per_s"] > 0 and p["ratio"] > 0 for p in data["pipeline"].values())

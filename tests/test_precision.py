@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("quantizer", ["ewgs", "pact", "lsq", "dorefa"])
 def test_bf16_mixed_trains_every_quantizer_with_fp32_grids(make_cfg, make_module, quantizer):
-    cfg = make_cfg(f"quantizer={quantizer}", "bits=4", "quantizer.first_last=int8")
+    cfg = make_cfg(f"quantizer={quantizer}", "bits=4", "quantizer.first_last=int8", "dataset.datamodule.batch_size=16")
     dm, module = make_module(cfg)
     dm.set_train_augment("minimal")
     seen, grads = [], []

@@ -82,22 +82,26 @@ def test_entropy_and_variance_groups_by_hand():
     assert g.tolist() == [[0.5, 0.5], [1.0, 0.0]]  # the trailing partial group is dropped
 
 
-def test_bootstrap_metric_equals_the_core_on_each_resample():
+@pytest.mark.parametrize("labels", ["hard", "soft"])  # the class-by-class path, and the general one (CutMix)
+def test_bootstrap_metric_equals_the_core_on_each_resample(labels):
     from daqkd.metric import bootstrap_metric
 
     gen = torch.Generator().manual_seed(0)
     n, c = 40, 4
-    labels = torch.arange(n) % c
+    y1, y2 = torch.arange(n) % c, torch.randperm(n, generator=gen) % c  # pass 2 draws other labels
     p1, p2 = (torch.softmax(torch.randn(n, c, generator=gen) * 2, 1).double() for _ in range(2))
-    t = torch.nn.functional.one_hot(labels, c).double()
+    t1, t2 = (torch.nn.functional.one_hot(y, c).double() for y in (y1, y2))
+    if labels == "soft":
+        lam = torch.rand(n, 1, generator=gen, dtype=torch.float64)
+        t1, t2 = lam * t1 + (1 - lam) * t1.roll(1, 1), (1 - lam) * t2 + lam * t2.roll(1, 1)
     idx = torch.cat([torch.arange(c), torch.randint(0, n, (n - c,), generator=gen)])  # every class drawn
     w = torch.stack([torch.ones(n, dtype=torch.float64), torch.bincount(idx, minlength=n).double()])
-    boot = bootstrap_metric(p1, t, p2, t, w)
-    full = metric_score(p1, p2, labels, labels, c)
-    resampled = metric_score(p1[idx], p2[idx], labels[idx], labels[idx], c)
+    boot = bootstrap_metric(p1, t1, p2, t2, w)
+    full = metric_score(p1, p2, t1, t2, c)
+    resampled = metric_score(p1[idx], p2[idx], t1[idx], t2[idx], c)
     for key in ("m", "dev", "cmi"):
         assert float(boot[key][0]) == pytest.approx(full[key], rel=1e-10)  # weights of one: the plain metric
         assert float(boot[key][1]) == pytest.approx(resampled[key], rel=1e-10)  # counts: the resampled data
     lonely = torch.zeros(1, n, dtype=torch.float64)
-    lonely[0, labels != 3] = 1.0  # class 3 never drawn: no prototype, no value
-    assert math.isnan(float(bootstrap_metric(p1, t, p2, t, lonely)["m"][0]))
+    lonely[0, t1[:, 3] == 0] = 1.0  # no pass-1 image with any mass on class 3 drawn: no prototype, no value
+    assert math.isnan(float(bootstrap_metric(p1, t1, p2, t2, lonely)["m"][0]))
