@@ -115,17 +115,17 @@ def resolve_teacher(
     test accuracy per test split, so it is measured once.
 
     A trained teacher is a function of its identity: it is initialised and trained from ``seed``
-    (part of the identity) whatever the caller's random state, which is restored afterwards.
+    (part of the identity) whatever the caller's (CPU) random state, which is restored afterwards.
     """
     with torch.random.fork_rng(devices=[]):
         return _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed)
 
 
 def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed) -> TeacherInfo:
-    model = build_model()
     datamodule.setup()
     test_key = datamodule.test_fingerprint()
     if ckpt:
+        model = build_model()
         load_weights(model, ckpt)
         model.eval()
         return TeacherInfo(model, str(Path(ckpt).expanduser()), evaluate_accuracy(model, datamodule.test_dataloader()), "given")
@@ -136,6 +136,7 @@ def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain
         if path.is_file() and not retrain:
             try:
                 cached = read_checkpoint(path)
+                model = build_model()
                 load_weights(model, path, cached)
                 source = "cache"
                 log.info("teacher: cached %s", path)
@@ -144,8 +145,8 @@ def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain
                 path.replace(aside)
                 log.warning("teacher cache %s unreadable (%s); moved to %s and retraining", path, e, aside)
                 cached = None
-        if source == "trained":
-            torch.manual_seed(seed)
+        if source == "trained":  # built and trained from the seed: the same identity, the same weights
+            torch.random.default_generator.manual_seed(seed)
             model = build_model()
             train_teacher(model, datamodule, recipe, trainer_kwargs or {})
         accuracies = dict((cached or {}).get("test_acc", {}))

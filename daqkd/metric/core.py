@@ -122,7 +122,7 @@ def bootstrap_metric(p1, t1, p2, t2, weights: torch.Tensor, chunk: int = 16) -> 
     self_term = (p2 * log_p2).sum(-1)  # Σ_c p log p per image, the part of KL(p ‖ c) that c does not touch
     y1, y2 = hard_label_indices(t1), hard_label_indices(t2)
     if y1 is not None and y2 is not None:
-        return _bootstrap_hard(p1, y1, p2, y2, self_term, weights.to(torch.float64), t1.shape[1])
+        return _bootstrap_hard(p1, y1, p2, y2, self_term, weights.to(torch.float64))
     devs, cmis = [], []
     for w in weights.to(torch.float64).split(chunk):
         num = torch.einsum("bn,ny,nc->byc", w, t1, p1)
@@ -136,14 +136,14 @@ def bootstrap_metric(p1, t1, p2, t2, weights: torch.Tensor, chunk: int = 16) -> 
     return {"dev": dev, "cmi": cmi, "m": dev - cmi}
 
 
-def _bootstrap_hard(p1, y1, p2, y2, self_term, w, num_classes: int) -> dict[str, torch.Tensor]:
+def _bootstrap_hard(p1, y1, p2, y2, self_term, w) -> dict[str, torch.Tensor]:
     """``bootstrap_metric`` for hard labels, class by class: a prototype is a weighted sum over its
     own images only, and an image's KL needs only its own class's prototype. This costs B·N·C, where
     the soft-label path costs B·N·C·C (200 classes: 4 s per network and candidate at 2,000 images)."""
     b, c = len(w), p1.shape[1]
-    q = torch.empty(b, num_classes, c, dtype=torch.float64)
+    q = torch.empty(b, c, c, dtype=torch.float64)  # a prototype per class: Q_b[y]
     cross = torch.empty(b, len(p2), dtype=torch.float64)  # Σ_c p2[n, c]·log Q_b[y2_n, c]
-    for y in range(num_classes):
+    for y in range(c):
         own = torch.nonzero(y1 == y).flatten()
         wy = w[:, own]
         q[:, y] = (wy @ p1[own]) / wy.sum(1, keepdim=True)  # no image of y drawn: 0/0 = NaN, as above
