@@ -377,14 +377,19 @@ def onnx_session(path: str | Path, fused: bool = False):
 
 
 @torch.no_grad()
-def predictions(model_or_session, loader) -> torch.Tensor:
+def logits(model_or_session, loader) -> torch.Tensor:
+    """The outputs of a torch module or an ONNX Runtime session over ``loader``'s images."""
     out = []
     for x, _ in loader:
         if isinstance(model_or_session, nn.Module):
-            out.append(model_or_session(x).argmax(1))
+            out.append(model_or_session(x))
         else:
-            out.append(torch.from_numpy(model_or_session.run(None, {"image": x.numpy()})[0]).argmax(1))
+            out.append(torch.from_numpy(model_or_session.run(None, {"image": x.numpy()})[0]))
     return torch.cat(out)
+
+
+def predictions(model_or_session, loader) -> torch.Tensor:
+    return logits(model_or_session, loader).argmax(1)
 
 
 def onnx_bench(path: str | Path, image_shape: tuple[int, int, int], repeats: int = 50, fused: bool = False) -> dict:
