@@ -67,10 +67,6 @@ def split_zero(zero: float) -> tuple[int, float]:
     return zi, float(zero - zi)
 
 
-def _const(g, value: torch.Tensor):
-    return g.op("Constant", value_t=value)
-
-
 @torch.library.custom_op("daqkd::quantize_act", mutates_args=())
 def quantize_act(x: torch.Tensor, s_in: float, zi_in: int, r_in: float, qmin: int, qmax: int,
                  s_out: float, zi_out: int, r_out: float) -> torch.Tensor:
