@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.daqkd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: setup data run test test-fast test-heavy lint sync bench clean clean-cache
+.PHONY: setup data run test test-fast test-heavy lint sync bench device-pack device-grid clean clean-cache
 
 setup: $(STAMP)
 
@@ -54,6 +54,22 @@ lint: $(STAMP)
 
 bench: data
 	$(PY) -m daqkd.bench $(ARGS)
+
+# A lent GPU machine has torch, lightning and torchvision but no network: .device/ carries the rest
+# (wheels of the versions installed here, and Fashion-MNIST). Then, on that machine:
+#   MINUTES=9 OUT=<folder> bash scripts/device_grid.sh     (the GPU speed table and the long-budget grid)
+device-pack: data
+	rm -rf .device/wheels && mkdir -p .device/wheels .device/fashion-mnist
+	$(PY) -m pip wheel --quiet --no-deps -w .device/wheels \
+		hydra-core==$$($(PY) -c 'import hydra; print(hydra.__version__)') \
+		omegaconf==$$($(PY) -c 'import omegaconf; print(omegaconf.__version__)') \
+		antlr4-python3-runtime==$$($(PY) -c 'import importlib.metadata as m; print(m.version("antlr4-python3-runtime"))')
+	cp $$(ls $(dir $(FMNIST))*-ubyte.gz 2>/dev/null || ls data/fashion_mnist/*-ubyte*) .device/fashion-mnist/
+	du -sh .device
+
+# The same script on this machine, as a check of every step at a tiny size.
+device-grid: device-pack
+	SMOKE=1 OUT=outputs/device_grid_smoke bash scripts/device_grid.sh
 
 # Uploads every offline W&B run under outputs/ and multirun/ (needs WANDB_API_KEY or `wandb login`).
 sync: $(STAMP)

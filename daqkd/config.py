@@ -175,6 +175,11 @@ def validate_config(cfg: DictConfig) -> None:
             build_augmentation(name, cfg.dataset.num_classes, cfg.augment.get("params"))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"augment: {e} (choose augment=auto or one of {', '.join(available_augments())})") from e
+    teacher_da = cfg.teacher.get("augment", "minimal")
+    try:
+        build_augmentation(str(teacher_da), cfg.dataset.num_classes, cfg.augment.get("params"))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"teacher.augment={teacher_da}: {e}") from e
     if cfg.augment.name == "auto" and not names:
         raise ConfigError("augment=auto needs a non-empty augment.pool to choose from")
     n = cfg.metric.num_samples

@@ -244,7 +244,7 @@ def scatter(settings: list[Setting], path: Path) -> None:
     if not shown:
         return
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.5), squeeze=False)
-    markers = dict(zip(SELECTORS, "osD^v<>"))
+    markers = dict(zip(SELECTORS, "osD^v<>ph*"))
     for ax, st in zip(axes[0], shown):
         das = st.scored("m")
         for d in das:

@@ -91,7 +91,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         "status": "ok",
         "selected_augment": selection.selected,
         "augment_scores": [s.as_dict() for s in selection.scores],
-        "teacher": {"ckpt": teacher.ckpt, "sha256": sha256_file(teacher.ckpt), "test_acc": teacher.test_acc, "source": teacher.source},
+        "teacher": {"ckpt": teacher.ckpt, "sha256": sha256_file(teacher.ckpt), "test_acc": teacher.test_acc, "source": teacher.source,
+                    "augment": cfg.teacher.augment},
         "student": {
             "test_acc": float(test_metrics["test/acc"]),
             "test_loss": float(test_metrics["test/loss"]),

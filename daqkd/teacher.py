@@ -32,6 +32,7 @@ class TeacherRecipe:
     The values come from conf/teacher/ (tuned per data set in conf/dataset/); there are no defaults here."""
 
     max_epochs: int
+    augment: str  # the training DA, through the same AugmentPipeline as the student's
     lr: float
     momentum: float
     weight_decay: float
@@ -83,7 +84,10 @@ def cache_key(identity: Mapping[str, Any]) -> str:
 
 def cache_path(cache_dir: str | Path, identity: Mapping[str, Any], recipe: TeacherRecipe) -> Path:
     """Where the teacher of this identity and recipe is cached."""
-    key = cache_key({**identity, "recipe": asdict(recipe)})
+    recipe_key = asdict(recipe)
+    if recipe_key["augment"] == "minimal":  # keys written before teacher.augment existed stay valid
+        del recipe_key["augment"]
+    key = cache_key({**identity, "recipe": recipe_key})
     return Path(cache_dir).expanduser() / "teachers" / f"{identity['dataset']}_{identity['model']}_{key}.pt"
 
 
@@ -162,10 +166,10 @@ def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain
 
 
 def train_teacher(model: nn.Module, datamodule, recipe: TeacherRecipe, trainer_kwargs: Mapping[str, Any]) -> nn.Module:
-    """Train ``model`` in full precision on the datamodule's training split with the minimal DA."""
+    """Train ``model`` in full precision on the datamodule's training split with the recipe's DA."""
     module = TeacherModule(model, datamodule.num_classes, recipe)
     kw = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
     kw["max_epochs"] = recipe.max_epochs
-    log.info("teacher: training for %d epochs", recipe.max_epochs)
-    L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_loader("minimal"))
+    log.info("teacher: training for %d epochs with DA %s", recipe.max_epochs, recipe.augment)
+    L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_loader(recipe.augment))
     return model

@@ -45,12 +45,14 @@ class ImageDataModule(L.LightningDataModule):
         seed: int,
         train_subset: int | None = None,
         test_subset: int | None = None,
+        split_seed: int | None = None,
         download: bool = False,
         source_options: Mapping[str, Any] | None = None,
         augment_params: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         """The values come from conf/base/datamodule.yaml and the data set's file (the one source of
-        defaults); ``None`` subsets mean the whole split."""
+        defaults); ``None`` subsets mean the whole split. ``split_seed`` fixes which images form the
+        validation split and the subsets (``None``: ``seed``); ``seed`` drives everything else."""
         super().__init__()
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(f"dataset {name}: mean/std need {in_channels} values, got {len(mean)}/{len(std)}")
@@ -60,6 +62,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_size, self.train_subset, self.test_subset = val_size, train_subset, test_subset
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.seed, self.download = seed, download
+        self.split_seed = seed if split_seed is None else split_seed
         self.source_options = dict(source_options or {})
         check_source_options(name, self.source_options)
         self.augment_params = dict(augment_params or {})
@@ -80,13 +83,13 @@ class ImageDataModule(L.LightningDataModule):
                 f"set dataset.in_channels={shape[0]} (with {shape[0]} values in dataset.datamodule.mean and std)"
             )
         self.train_set, self.test_set = train, test
-        self.train_idx, self.val_idx = split_indices(train.targets, self.validation_count(len(train)), self.seed)
+        self.train_idx, self.val_idx = split_indices(train.targets, self.validation_count(len(train)), self.split_seed)
         if self.train_subset is not None and self.train_subset < len(self.train_idx):
-            keep = stratified_indices(train.targets[self.train_idx], self.train_subset, self.seed + 1)
+            keep = stratified_indices(train.targets[self.train_idx], self.train_subset, self.split_seed + 1)
             self.train_idx = self.train_idx[keep]
         self.test_idx = torch.arange(len(test))
         if self.test_subset is not None and self.test_subset < len(test):
-            self.test_idx = stratified_indices(test.targets, self.test_subset, self.seed + 2)
+            self.test_idx = stratified_indices(test.targets, self.test_subset, self.split_seed + 2)
         log.info(
             "%s: %d train / %d val / %d test images of shape %s",
             self.name, len(self.train_idx), len(self.val_idx), len(self.test_idx), shape,

@@ -5,6 +5,8 @@ Selectors, each "lower is predicted better" (SELECTORS):
     m            M = DEV − CMI (Kur & Zhao; METHOD.md §1), the default
     variance     the baseline of Wang et al. (METHOD.md §1): std across groups of 5 outputs
     cmi          −CMI alone
+    ce_cmi       CE − CMI, the reference code's score: the teacher's mean cross-entropy on the
+                 augmented images (pass 2) minus CMI (docs/METHOD.md §1)
     dev          DEV alone
     entropy      the teacher's mean entropy on the augmented images
     teacher_acc  −(the teacher's top-1 accuracy on the augmented images)
@@ -55,6 +57,10 @@ class AugmentScore:
     teacher_acc_se: float = math.nan
     student_m: float = math.nan  # NaN when no student was scored
     student_m_se: float = math.nan
+    # The reference code's score CE₂ − CMI (CE₂: the teacher's mean cross-entropy on pass 2, the pass
+    # CMI is measured on). Defaults keep results.json files written before it was added loadable.
+    ce_cmi: float = math.nan
+    ce_cmi_se: float = math.nan
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +76,7 @@ SELECTORS: dict[str, tuple[Callable[[AugmentScore], float], str]] = {
     "m": (lambda s: s.m, "m"),
     "variance": (lambda s: s.variance, "variance"),
     "cmi": (lambda s: -s.cmi, "cmi"),
+    "ce_cmi": (lambda s: s.ce_cmi, "ce_cmi"),
     "dev": (lambda s: s.dev, "dev"),
     "entropy": (lambda s: s.entropy, "entropy"),
     "teacher_acc": (lambda s: -s.teacher_acc, "teacher_acc"),
@@ -162,6 +169,9 @@ def score_passes(name: str, teacher: Passes, student: Passes | None = None, seco
     h = entropy(probs).view(2, n).mean(0)
     correct = (probs.argmax(1) == hard_labels(targets)).double().view(2, n).mean(0)
     ce = -(targets * probs.clamp_min(EPS).log()).sum(1).mean()
+    # The reference code's CE − CMI: CE over pass 2's images, the replicates weighted like CMI's.
+    ce2 = -(teacher.t2.to(torch.float64) * teacher.p2.to(torch.float64).clamp_min(EPS).log()).sum(1)
+    ce2_boot = (weights @ ce2) / weights.sum(1)
     groups = variance_groups(probs, group_size)
     g_idx = torch.randint(0, len(groups), (BOOTSTRAP, len(groups)), generator=torch.Generator().manual_seed(seed + 1))
     variance_boot = groups[g_idx].std(1).mean(-1)
@@ -171,6 +181,7 @@ def score_passes(name: str, teacher: Passes, student: Passes | None = None, seco
         teacher_ce=float(ce), num_samples=n, seconds=seconds,
         m_se=_std(boot["m"]), dev_se=_std(boot["dev"]), cmi_se=_std(boot["cmi"]), variance_se=_std(variance_boot),
         entropy_se=float(h.std() / math.sqrt(n)), teacher_acc_se=float(correct.std() / math.sqrt(n)),
+        ce_cmi=float(ce2.mean()) - m["cmi"], ce_cmi_se=_std(ce2_boot - boot["cmi"]),
     )
     if student is not None:
         score.student_m = metric_score(student.p1, student.p2, student.t1, student.t2, student.t1.shape[1])["m"]
@@ -259,12 +270,12 @@ def select_augmentation(scores: Sequence[AugmentScore], selector: str = "m") -> 
 def format_ranking(scores: list[AugmentScore], selected: str | None = None, selector: str = "m") -> str:
     """A plain-text table of candidates, best first by ``selector``, each score with its standard error."""
     head = (f"{'rank':>4}  {'augment':<24} {'M ± se':>16} {'DEV':>7} {'CMI':>7} {'variance':>9} {'entropy':>8} "
-            f"{'T-acc':>6} {'student M':>10} {'n':>6} {'sec':>5}")
+            f"{'CE-CMI':>7} {'T-acc':>6} {'student M':>10} {'n':>6} {'sec':>5}")
     lines = [f"(ranked by {selector}; lower is predicted better)", head, "-" * len(head)]
     for r, s in enumerate(sorted(scores, key=lambda s: selector_value(s, selector)), 1):
         mark = "  <- selected" if s.name == selected else ""
         lines.append(
             f"{r:>4}  {s.name:<24} {s.m:>8.4f} ± {s.m_se:<5.4f} {s.dev:>7.4f} {s.cmi:>7.4f} {s.variance:>9.4f} {s.entropy:>8.4f} "
-            f"{s.teacher_acc:>6.3f} {s.student_m:>10.4f} {s.num_samples:>6d} {s.seconds:>5.1f}{mark}"
+            f"{s.ce_cmi:>7.4f} {s.teacher_acc:>6.3f} {s.student_m:>10.4f} {s.num_samples:>6d} {s.seconds:>5.1f}{mark}"
         )
     return "\n".join(lines)

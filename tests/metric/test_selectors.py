@@ -33,6 +33,9 @@ def test_every_selector_by_hand():
     # variance: 4 groups of 5 consecutive outputs, their means' std per class, averaged
     groups = both.reshape(4, 5, 2).mean(1)
     assert s.variance == pytest.approx(float(groups.std(0).mean()), rel=1e-9)
+    # the reference code's CE − CMI: the mean cross-entropy of pass 2 against the true class, minus CMI
+    ce2 = -sum(math.log(float(P2[i, Y[i]])) for i in range(10)) / 10
+    assert s.ce_cmi == pytest.approx(ce2 - ref["cmi"], rel=1e-9)
     # the student's M: its own passes (here the two passes swapped)
     assert s.student_m == pytest.approx(metric_score(P2, P1, Y, Y, 2)["m"], rel=1e-12)
     assert s.num_samples == 10
@@ -40,18 +43,19 @@ def test_every_selector_by_hand():
 
 def test_signs_lower_is_predicted_better():
     s = AugmentScore("x", m=0.1, dev=0.3, cmi=0.2, variance=0.05, entropy=0.4, teacher_acc=0.9, teacher_ce=0.3,
-                     num_samples=10, seconds=0.0, student_m=0.7)
+                     num_samples=10, seconds=0.0, student_m=0.7, ce_cmi=0.25)
     assert {k: selector_value(s, k) for k in SELECTORS} == {
-        "m": 0.1, "variance": 0.05, "cmi": -0.2, "dev": 0.3, "entropy": 0.4, "teacher_acc": -0.9, "student_m": 0.7}
+        "m": 0.1, "variance": 0.05, "cmi": -0.2, "ce_cmi": 0.25, "dev": 0.3, "entropy": 0.4, "teacher_acc": -0.9, "student_m": 0.7}
 
 
 def test_each_selector_picks_its_own_argmin():
     a = AugmentScore("a", m=0.1, dev=0.5, cmi=0.4, variance=0.3, entropy=0.2, teacher_acc=0.8, teacher_ce=0, num_samples=1,
-                     seconds=0, student_m=0.9)
+                     seconds=0, student_m=0.9, ce_cmi=0.6)
     b = AugmentScore("b", m=0.2, dev=0.1, cmi=0.1, variance=0.1, entropy=0.5, teacher_acc=0.9, teacher_ce=0, num_samples=1,
-                     seconds=0, student_m=0.3)
+                     seconds=0, student_m=0.3, ce_cmi=0.4)
     picks = {k: select_augmentation([a, b], k) for k in SELECTORS}
-    assert picks == {"m": "a", "variance": "b", "cmi": "a", "dev": "b", "entropy": "a", "teacher_acc": "b", "student_m": "b"}
+    assert picks == {"m": "a", "variance": "b", "cmi": "a", "ce_cmi": "b", "dev": "b", "entropy": "a", "teacher_acc": "b",
+                     "student_m": "b"}
     with pytest.raises(ValueError, match="unknown selector 'nope'"):
         select_augmentation([a, b], "nope")
 
@@ -66,7 +70,7 @@ def test_standard_errors_are_bootstrap_spreads_that_shrink_with_more_images():
         return Passes(torch.softmax(logits(), 1), t, torch.softmax(logits(), 1), t)
 
     small, large = score_passes("s", passes(200)), score_passes("l", passes(3200))
-    for key in ("m_se", "dev_se", "cmi_se", "variance_se", "entropy_se", "teacher_acc_se"):
+    for key in ("m_se", "dev_se", "cmi_se", "ce_cmi_se", "variance_se", "entropy_se", "teacher_acc_se"):
         assert 0 < getattr(large, key) < getattr(small, key), key
     # 16× the images: about a quarter of the standard error (√16), within the bootstrap's own noise
     assert 0.15 < large.m_se / small.m_se < 0.4
