@@ -6,7 +6,6 @@ commands). The builders live in daqkd.build; this module only wires them in orde
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -20,7 +19,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from daqkd.build import (
     build_callbacks,
@@ -37,6 +36,7 @@ from daqkd.errors import ConfigError, Preempted, reported_as_one_line
 from daqkd.io import CheckpointOnSigterm, atomic_write_json
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
+from daqkd.rundir import relaunch
 
 log = logging.getLogger("daqkd")
 
@@ -133,51 +133,21 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
     })
 
 
-# Keys that may differ between a sweep job and its relaunch: where things are written, and how to resume.
-_RELAUNCH_FREE = ("paths", "ckpt_path")
-
-
-def _job_config(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in _RELAUNCH_FREE}
-
-
-def relaunch(cfg: DictConfig) -> dict | None:
-    """A relaunched sweep goes on where it stopped. For this job's folder: the results of a finished
-    run of the same config (the job is skipped: returned), else None, after pointing ``ckpt_path``
-    at the folder's ``last.ckpt`` when an interrupted run left one. A folder that holds a run of
-    another config is refused: a sweep folder must not mix two experiments."""
-    folder = Path(cfg.paths.output_dir)
-    path = folder / "results.json"
-    if path.is_file():
-        try:
-            done = json.loads(path.read_text())
-        except ValueError:
-            done = {}
-        if done.get("status") == "ok":
-            now = _job_config(OmegaConf.to_container(cfg, resolve=True))
-            if _job_config(done.get("config", {})) != now:
-                changed = sorted(k for k in now if now.get(k) != done.get("config", {}).get(k))
-                raise ConfigError(f"{folder} holds a finished run of another config (differs in {', '.join(changed) or 'its keys'}); "
-                                  "relaunch with the same overrides, or sweep into a new folder (hydra.sweep.dir=...)")
-            return done
-    last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
-    if cfg.ckpt_path is None and last.is_file():
-        log.info("%s: an interrupted run left %s; resuming it", folder, last)
-        with open_dict(cfg):
-            cfg.ckpt_path = "last"
-    return None
-
-
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with reported_as_one_line():
             return train(cfg)["student"]["test_acc"]  # the sweep objective
+    job = HydraConfig.get().job.num
     try:
         done = relaunch(cfg)
-        if done is not None:
-            log.info("job %s: finished before (%s), skipped", HydraConfig.get().job.num, Path(cfg.paths.output_dir) / "results.json")
-            return done["student"]["test_acc"]
+    except ConfigError as e:  # refused before anything ran: nothing is recorded over the folder's run
+        log.error("job %s refused: %s", job, e)
+        return float("nan")
+    if done is not None:
+        log.info("job %s: finished before (%s), skipped", job, Path(cfg.paths.output_dir) / "results.json")
+        return done["student"]["test_acc"]
+    try:
         return train(cfg)["student"]["test_acc"]
     except Exception as e:
         # In a sweep one failing job must not end the others: record it and go on.

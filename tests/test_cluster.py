@@ -57,3 +57,45 @@ def test_local_sweep_runs_in_parallel_and_trains_the_teacher_once(tmp_path):
     assert results[0]["teacher"]["ckpt"] == results[1]["teacher"]["ckpt"]
     assert results[0]["teacher"]["sha256"] == results[1]["teacher"]["sha256"]
     assert len(list(Path(tmp_path / ".cache" / "teachers").glob("*.pt"))) == 1
+
+
+def test_joblib_sweep_starts_loader_workers(tmp_path):
+    # loky's job processes install a default start method that cannot start a DataLoader's workers
+    # ('Process' object has no attribute 'env'): every job of a joblib sweep with workers failed.
+    p = sweep(tmp_path, "cluster=joblib", "augment=minimal,cutmix", "dataset.datamodule.num_workers=1", "metric.score_student=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = [json.loads(f.read_text()) for f in sorted((tmp_path / "multirun").rglob("results.json"))]
+    assert [r["status"] for r in results] == ["ok", "ok"], [r.get("error") for r in results]
+
+
+def test_a_killed_sweep_relaunched_goes_on_where_it_stopped(tmp_path):
+    import signal
+    import time
+
+    args = ["augment=minimal,cutmix,augmix", f"hydra.sweep.dir={tmp_path / 'sw'}", "metric.score_student=false"]
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "daqkd.run", "-m", "debug=fast", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = tmp_path / "sw" / "0" / "results.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # midway: job 0 finished, job 1 running or about to start
+    proc.wait()
+    assert json.loads(first.read_text())["status"] == "ok"
+    assert not (tmp_path / "sw" / "2" / "results.json").exists()
+    stamp = first.stat().st_mtime_ns
+    p = sweep(tmp_path, *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "job 0: finished before" in p.stderr + p.stdout
+    assert first.stat().st_mtime_ns == stamp  # the finished job was not run again
+    results = [json.loads((tmp_path / "sw" / str(j) / "results.json").read_text()) for j in range(3)]
+    assert [r["selected_augment"] for r in results] == ["minimal", "cutmix", "augmix"]
+    assert all(r["status"] == "ok" for r in results)
+    # Another config into the same folders is refused, job by job, and nothing finished is rewritten.
+    p = sweep(tmp_path, *args, "kd.alpha=1.0")
+    assert first.stat().st_mtime_ns == stamp
+    assert "holds a run of another config (differs in kd.alpha)" in p.stderr + p.stdout
+    assert (tmp_path / "sw" / "0" / ".hydra" / "config.yaml").read_text() == \
+        (tmp_path / "sw" / "0" / ".hydra" / "original" / "config.yaml").read_text()
+    assert "kd.alpha=1.0" not in (tmp_path / "sw" / "0" / ".hydra" / "overrides.yaml").read_text()

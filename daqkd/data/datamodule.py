@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ from daqkd.data.sources import check_source_options, load_image_sets
 from daqkd.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def worker_context(num_workers: int):
+    """The platform's own start method for loader workers. A sweep launcher may install another
+    default in its job processes (joblib's loky, whose processes cannot start a DataLoader's)."""
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers > 0 else None
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -162,6 +169,7 @@ class ImageDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,  # started once, not at every epoch
+            multiprocessing_context=worker_context(self.num_workers),
             pin_memory=torch.cuda.is_available(),
             collate_fn=pipeline,
             # The loader's own seed draw (worker base seeds) must not consume the global stream.
@@ -211,7 +219,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def metric_indices(self, num_samples: int | None, seed: int) -> torch.Tensor:
         """The DA metric's images: a class-stratified subsample of the training split fixed by
-        ``seed`` alone, so every candidate is scored on the same images."""
+        ``seed`` alone, so every candidate is scored on the same images, in one seeded random order
+        (shared by both passes and every candidate). Data sets read class by class (ImageFolder,
+        Tiny-ImageNet) would otherwise be scored class by class: CutMix would mix an image with one
+        of its own class, and every ``variance`` group would hold one class."""
         self.setup()
         idx = self.train_idx
         if num_samples is not None and num_samples < len(idx):
@@ -219,6 +230,7 @@ class ImageDataModule(L.LightningDataModule):
         elif num_samples is not None and num_samples > len(idx):
             log.warning("metric.num_samples=%d, but the training split has %d images: the metric scores all of them",
                         num_samples, len(idx))
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(derive_seed(seed, "metric", "order")))]
         counts = torch.bincount(self.train_set.targets[idx], minlength=self.num_classes)
         if int(counts.min()) < 5:
             thin = {c: int(n) for c, n in enumerate(counts.tolist()) if n < 5}
@@ -243,6 +255,7 @@ class ImageDataModule(L.LightningDataModule):
             CandidateImages(self.train_set, idx, pipelines),
             batch_sampler=CandidatePasses(len(pipelines), len(idx), batch_size, seed, "metric"),
             num_workers=self.num_workers,
+            multiprocessing_context=worker_context(self.num_workers),
             collate_fn=CandidateCollate(pipelines),
             generator=torch.Generator().manual_seed(derive_seed(seed, "metric", "loader")),
         )

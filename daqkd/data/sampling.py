@@ -16,18 +16,19 @@ def stratified_indices(targets: torch.Tensor, n: int, seed: int) -> torch.Tensor
     gen = torch.Generator().manual_seed(seed)
     classes, counts = torch.unique(targets, return_counts=True)
     exact = counts.double() * n / total
-    quota = exact.floor().long()
-    if n >= len(classes):
-        quota = quota.clamp(min=1)
-    # Hand out what is left to the largest remainders, deterministically.
-    short = n - int(quota.sum())
-    if short > 0:
-        order = torch.argsort(exact - exact.floor(), descending=True, stable=True)
-        quota[order[:short]] += 1
-    elif short < 0:
-        order = torch.argsort(quota, descending=True, stable=True)
-        for i in order[: -short]:
-            quota[i] -= 1
+    floor = 1 if n >= len(classes) else 0  # every class keeps an index when there are enough to go round
+    quota = torch.minimum(exact.floor().long().clamp(min=floor), counts)
+    # Hand out what is left to the largest remainders among classes with images to spare, and take
+    # back what is over from the largest quotas above the floor; deterministic (stable sorts).
+    while (short := n - int(quota.sum())) != 0:
+        if short > 0:
+            room = torch.nonzero(quota < counts).flatten()
+            order = room[torch.argsort((exact - quota)[room], descending=True, stable=True)]
+            quota[order[:short]] += 1
+        else:
+            above = torch.nonzero(quota > floor).flatten()
+            order = above[torch.argsort((quota - exact)[above], descending=True, stable=True)]
+            quota[order[:-short]] -= 1
     chosen = []
     for c, q in zip(classes.tolist(), quota.tolist()):
         idx = torch.nonzero(targets == c).flatten()

@@ -61,6 +61,7 @@ class AugmentScore:
     # CMI is measured on). Defaults keep results.json files written before it was added loadable.
     ce_cmi: float = math.nan
     ce_cmi_se: float = math.nan
+    bootstrap_replicates: int = 0  # replicates behind the standard errors (0: not recorded, an older file)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -128,9 +129,10 @@ class PassRecorder:
             raise ValueError("the two metric passes saw different numbers of images; the loader must not drop or reshuffle")
         return [Passes(torch.cat(o[0]), t1, torch.cat(o[1]), t2) for o in self.outs]
 
-    def score(self, name: str, seed: int) -> AugmentScore:
+    def score(self, name: str, seed: int, classes: torch.Tensor | None = None) -> AugmentScore:
         passes = self.passes()
-        return score_passes(name, passes[0], passes[1] if len(passes) > 1 else None, time.perf_counter() - self.start, seed=seed)
+        return score_passes(name, passes[0], passes[1] if len(passes) > 1 else None, time.perf_counter() - self.start, seed=seed,
+                            classes=classes)
 
 
 def two_passes(networks: Sequence[nn.Module], loader: Iterable, num_classes: int, device="cpu") -> list[Passes]:
@@ -144,11 +146,23 @@ def two_passes(networks: Sequence[nn.Module], loader: Iterable, num_classes: int
     return rec.passes()
 
 
-def _bootstrap_weights(n: int, seed: int, draws: int = BOOTSTRAP) -> torch.Tensor:
-    """Multinomial resampling counts [draws, n] of n images, fixed by ``seed``."""
+def _bootstrap_weights(classes: torch.Tensor, seed: int, draws: int = BOOTSTRAP) -> torch.Tensor:
+    """Resampling counts [draws, n] of n images, fixed by ``seed``, drawn within each class as the
+    subsample was drawn: every replicate keeps each class's image count, so none lacks a prototype."""
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (draws, n), generator=gen)
-    return torch.zeros(draws, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(draws, n, dtype=torch.float64))
+    n = len(classes)
+    weights = torch.zeros(draws, n, dtype=torch.float64)
+    for c in torch.unique(classes):
+        members = torch.nonzero(classes == c).flatten()
+        idx = members[torch.randint(0, len(members), (draws, len(members)), generator=gen)]
+        weights.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+    return weights
+
+
+def image_classes(passes: Passes) -> torch.Tensor:
+    """Each image's class, for stratifying the bootstrap when the true labels are not given: the
+    hard label, or with soft labels (CutMix) the class with the most weight over both passes."""
+    return hard_labels(passes.t1 + passes.t2)
 
 
 def _std(values: torch.Tensor) -> float:
@@ -157,11 +171,12 @@ def _std(values: torch.Tensor) -> float:
 
 
 def score_passes(name: str, teacher: Passes, student: Passes | None = None, seconds: float = 0.0,
-                 group_size: int = 5, seed: int = 0) -> AugmentScore:
-    """Every selector for one candidate, from the teacher's (and the student's) two passes."""
+                 group_size: int = 5, seed: int = 0, classes: torch.Tensor | None = None) -> AugmentScore:
+    """Every selector for one candidate, from the teacher's (and the student's) two passes.
+    ``classes`` [N] are the images' true classes (the bootstrap's strata); default ``image_classes``."""
     m = metric_score(teacher.p1, teacher.p2, teacher.t1, teacher.t2, teacher.t1.shape[1])
     n = len(teacher.p1)
-    weights = _bootstrap_weights(n, seed)
+    weights = _bootstrap_weights(image_classes(teacher) if classes is None else classes, seed)
     boot = bootstrap_metric(teacher.p1, teacher.t1, teacher.p2, teacher.t2, weights)
     probs = torch.cat([teacher.p1, teacher.p2]).to(torch.float64)
     targets = torch.cat([teacher.t1, teacher.t2]).to(torch.float64)
@@ -182,11 +197,21 @@ def score_passes(name: str, teacher: Passes, student: Passes | None = None, seco
         m_se=_std(boot["m"]), dev_se=_std(boot["dev"]), cmi_se=_std(boot["cmi"]), variance_se=_std(variance_boot),
         entropy_se=float(h.std() / math.sqrt(n)), teacher_acc_se=float(correct.std() / math.sqrt(n)),
         ce_cmi=float(ce2.mean()) - m["cmi"], ce_cmi_se=_std(ce2_boot - boot["cmi"]),
+        bootstrap_replicates=int(torch.isfinite(boot["m"]).sum()),
     )
     if student is not None:
         score.student_m = metric_score(student.p1, student.p2, student.t1, student.t2, student.t1.shape[1])["m"]
         score.student_m_se = _std(bootstrap_metric(student.p1, student.t1, student.p2, student.t2, weights)["m"])
     return score
+
+
+def true_classes(loader) -> torch.Tensor | None:
+    """The true class of every image a scoring loader serves per pass, in serving order (the data
+    set's labels at its indices; the loaders serve them in order), or None for another loader."""
+    data = getattr(loader, "dataset", None)
+    if data is None or not hasattr(data, "indices") or not hasattr(getattr(data, "source", None), "targets"):
+        return None
+    return data.source.targets[data.indices]
 
 
 def score_augmentation(name: str, teacher: nn.Module, loader: Iterable, num_classes: int, device="cpu",
@@ -196,7 +221,8 @@ def score_augmentation(name: str, teacher: nn.Module, loader: Iterable, num_clas
     start = time.perf_counter()
     nets = [teacher] if student is None else [teacher, student]
     passes = two_passes(nets, loader, num_classes, device)
-    return score_passes(name, passes[0], passes[1] if student is not None else None, time.perf_counter() - start, seed=seed)
+    return score_passes(name, passes[0], passes[1] if student is not None else None, time.perf_counter() - start, seed=seed,
+                        classes=true_classes(loader))
 
 
 def score_augmentations(
@@ -218,11 +244,12 @@ def score_augmentations(
     networks = [teacher] if student is None else [teacher, student]
     loader = datamodule.scoring_loader(candidates, num_samples, batch_size, seed)
     n = len(loader.dataset.indices)
+    classes = true_classes(loader)
     scores: list[AugmentScore] = []
     rec, seen = None, 0
 
     def finish():
-        s = rec.score(candidates[len(scores)], seed)
+        s = rec.score(candidates[len(scores)], seed, classes)
         log.info("DA metric: %-22s M=%.4f±%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", s.name, s.m, s.m_se, s.dev, s.cmi, s.seconds)
         scores.append(s)
 

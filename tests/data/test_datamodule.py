@@ -112,3 +112,25 @@ def test_val_size_as_a_fraction_and_a_warning_when_validation_takes_too_much(tmp
 
     with pytest.raises(ConfigError, match="leaving none to train on"):
         make_datamodule("fashion_mnist", tmp_path, 10, 1, 28, val_size=1437, **opts).setup()
+
+
+def test_a_class_sorted_data_set_is_scored_in_a_shuffled_order(tmp_path, make_datamodule):
+    # An ImageFolder is read class by class. Scored in that order, CutMix mixed each image with one of
+    # its own class (a handful of rows got a second class) and every `variance` group held one class.
+    from fakedata import make_folder
+
+    make_folder(tmp_path / "f", with_val=False, per_class=30)
+    dm = make_datamodule("imagefolder", tmp_path, 3, 3, 32, source_options={"folder": str(tmp_path / "f")}, val_size=15)
+    dm.setup()
+    assert torch.equal(dm.train_set.targets, torch.sort(dm.train_set.targets).values)  # the source is class-sorted
+    idx = dm.metric_indices(None, seed=0)
+    labels = dm.train_set.targets[idx]
+    groups = labels[: len(labels) // 5 * 5].view(-1, 5)
+    one_class = sum(len(torch.unique(g)) == 1 for g in groups) / len(groups)
+    assert one_class < 0.3  # in class order: every group; shuffled: (1/3)^4 of them
+    assert torch.equal(idx, dm.metric_indices(None, seed=0))  # the same order for every pass and candidate
+    mixed = rows = 0
+    for _, _images, soft in dm.scoring_loader(["cutmix"], None, 15, seed=0):
+        rows += len(soft)
+        mixed += int(((soft > 0).sum(1) > 1).sum())
+    assert mixed / rows > 0.4  # CutMix mixes across classes, as in training (2/3 of the rows at 3 classes)

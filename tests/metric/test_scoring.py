@@ -88,3 +88,21 @@ def test_scorer_uses_teacher_in_eval_mode_and_restores_it():
     s_eval_mode = score_augmentation("x", teacher, RecordingLoader(labels, 4), 4)
     assert s_train_mode.m == s_eval_mode.m
     assert float(teacher[1].running_mean[0]) == 3.0  # BN statistics untouched
+
+
+def test_the_bootstrap_resamples_within_classes_and_keeps_every_replicate():
+    # 5 images per class: a bootstrap over all images drew no image of some class in 151 of 200
+    # replicates, which were silently dropped. Within classes, every replicate keeps every class.
+    from daqkd.metric.scoring import BOOTSTRAP, Passes, _bootstrap_weights, score_passes
+
+    y = torch.arange(50) % 10
+    w = _bootstrap_weights(y, seed=0)
+    assert w.shape == (BOOTSTRAP, 50)
+    for c in range(10):  # each class keeps its 5 draws in every replicate, drawn among its own images
+        assert torch.equal(w[:, y == c].sum(1), torch.full((BOOTSTRAP,), 5.0, dtype=torch.float64))
+    assert not torch.equal(w, torch.ones_like(w))
+    gen = torch.Generator().manual_seed(0)
+    t = torch.nn.functional.one_hot(y, 10).float()
+    p = lambda: torch.softmax(torch.randn(50, 10, generator=gen) + 2 * t, 1)  # noqa: E731
+    s = score_passes("x", Passes(p(), t, p(), t))
+    assert s.bootstrap_replicates == BOOTSTRAP and s.m_se > 0 and s.cmi_se > 0
