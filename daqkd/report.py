@@ -1,18 +1,25 @@
-"""``python -m daqkd.report multirun/<sweep> [more folders] [--rows F --cols F] [--plot]``: sweeps → evidence.
+"""``python -m daqkd.report multirun/<sweep> [more folders] [--rows F --cols F]``: sweeps → evidence.
 
 Reads every ``results.json`` below the folders. Failed jobs (status "failed") are counted and left
-out. Runs are grouped by setting (data set, model, quantizer, bits, KD); per setting it reports:
+out. A *setting* is everything a run was configured with except its seed, its DA and what only
+decides where files go or what is shown (``paths``, loggers, progress bars, loader workers, the
+``speed`` switches): runs that differ in anything else (epochs, ``kd.alpha``, the teacher's DA, a
+learning rate, ``metric.num_samples`` ...) are different settings, and each setting's title names the
+keys in which the settings of the report differ. Two runs of one setting, DA and seed are an error
+naming both folders. Per setting it reports:
 
 - every fixed DA: the student's test accuracy, mean ± std over seeds, and each selector's score
   (mean over the seeds' teachers);
 - the selector table (the DA paper's Table 1): Spearman ρ between each selector's score and the
-  mean accuracy across DAs, with a bootstrap 90 % interval over seeds, the DA each selector picks,
-  its rank by accuracy and its regret (best DA's accuracy minus the pick's);
+  mean accuracy across DAs, with a bootstrap 90 % interval over seeds, the DA each selector picks
+  (ties: the first in pool order, as ``augment=auto`` does), its rank by accuracy and its regret;
 - whether the spread between seeds is smaller than the spread between DAs;
 - the ``augment=auto`` runs next to the best and the worst fixed DA.
 
-It writes ``report.md`` and ``report.csv`` into the first folder and ``scatter.png`` (accuracy
-against M with error bars across seeds, one panel per setting, each selector's pick marked).
+When settings differ only in ``trainer.max_epochs``, the report adds the budget curve: every
+selector's ρ (with its interval) and regret against epochs, as a table and as ``budget.png``. It
+writes ``report.md`` and ``report.csv`` into the first folder, ``scatter.png`` (accuracy against M,
+one panel per setting) and ``budget.png``; wherever something is left out, a line says why.
 ``--rows``/``--cols`` add a plain pivot table of any field (e.g. ``--rows quantizer --cols bits``).
 Selector values are "lower is predicted better" (daqkd.metric.SELECTORS), so a selector that works
 has a negative ρ.
@@ -31,7 +38,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from daqkd.metric.scoring import SELECTORS, AugmentScore, selector_value
+from daqkd.augment.registry import PAPER_POOL
+from daqkd.errors import DaqkdError, reported_as_one_line
+from daqkd.metric.scoring import SELECTORS, AugmentScore, pick, selector_value
 
 # Short names for the fields people group by; anything else is a dotted path into results.json.
 FIELDS: dict[str, Callable[[dict], Any]] = {
@@ -43,10 +52,25 @@ FIELDS: dict[str, Callable[[dict], Any]] = {
     "seed": lambda r: r["config"]["seed"],
     "dataset": lambda r: r["config"]["dataset"]["name"],
     "model": lambda r: r["config"]["model"]["name"],
+    "epochs": lambda r: r["config"].get("trainer", {}).get("max_epochs"),
     "test_acc": lambda r: 100 * r["student"]["test_acc"],
     "teacher_acc": lambda r: 100 * r["teacher"]["test_acc"],
 }
-SETTING = ("dataset", "model", "quantizer", "bits", "kd")
+TITLE = ("dataset", "model", "quantizer", "bits", "kd")  # always in a setting's title
+
+# Config keys (and prefixes, ending in ".") that do not make a setting: the run's seed and DA, and
+# what only decides where files go, what is shown, or how fast (same numbers).
+NOT_A_SETTING = (
+    "seed", "augment.name", "metric.selector", "ckpt_path", "task_name", "paths.", "logger.", "callbacks.", "speed.",
+    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary", "trainer.default_root_dir",
+    "dataset.datamodule.num_workers", "dataset.datamodule.eval_batch_size", "metric.batch_size", "metric.score_fixed",
+    "metric.score_student",
+)
+BUDGET = "trainer.max_epochs"
+
+
+class ReportError(DaqkdError):
+    """A report that cannot be made as asked (a missing folder, two runs of one setting, DA and seed)."""
 
 
 def field(results: dict, name: str) -> Any:
@@ -58,12 +82,38 @@ def field(results: dict, name: str) -> Any:
     return value
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def setting_config(r: dict) -> dict[str, Any]:
+    """The keys and values that make a run's setting (see the module's docstring)."""
+    flat, composed = flatten(r.get("config", {})), flatten(r.get("config_composed", {}))
+    out = {}
+    for k, v in flat.items():
+        if any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_A_SETTING):
+            continue
+        c = composed.get(k)
+        if isinstance(c, str) and any(ref in c for ref in ("${seed}", "${paths.", "${hydra:")):
+            continue  # follows the seed, or says where files go
+        if not composed and k.endswith(".seed") and v == flat.get("seed"):
+            continue  # written before the composed config was recorded: these keys were ${seed}
+        out[k] = v
+    return out
+
+
 def load_results(folders: list[Path]) -> tuple[list[dict], list[dict]]:
     """(finished runs, failed runs) below ``folders``."""
     runs, failed = [], []
     for folder in folders:
-        if not folder.exists():
-            raise FileNotFoundError(f"{folder} does not exist; pass a sweep folder such as multirun/<date_time>")
+        if not folder.is_dir():
+            raise ReportError(f"{folder} is not a folder; pass a sweep folder such as multirun/<date_time> or a run folder")
         for path in sorted(folder.rglob("results.json")):
             try:
                 r = json.loads(path.read_text()) | {"_path": str(path)}
@@ -125,28 +175,48 @@ def own_score(r: dict) -> AugmentScore | None:
     return None
 
 
-class Setting:
-    """The fixed-DA and auto runs of one (data set, model, quantizer, bits, KD) setting."""
+def pool_order(runs: list[dict], das: set[str]) -> list[str]:
+    """The DAs in pool order (the runs' ``augment.pool``, then the paper pool), the tie rule's order."""
+    order: list[str] = []
+    for r in runs:
+        order += [d for d in r["config"].get("augment", {}).get("pool") or [] if d not in order]
+    order += [d for d in PAPER_POOL if d not in order]
+    return [d for d in order if d in das] + sorted(das - set(order))
 
-    def __init__(self, key: tuple, runs: list[dict]):
-        self.key = key
+
+class Setting:
+    """The fixed-DA and auto runs of one setting."""
+
+    def __init__(self, config: dict[str, Any], runs: list[dict], varying: Sequence[str] = ()):
+        self.config = config
+        r0 = runs[0]
+        self.title = " / ".join(str(field(r0, f)) for f in TITLE)
+        extra = [f"{k}={config.get(k, '–')}" for k in varying]
+        self.name = self.title + (" · " + ", ".join(extra) if extra else "")
         self.auto = [r for r in runs if trained_da(r) == "auto"]
         self.acc: dict[str, dict[int, float]] = defaultdict(dict)  # DA -> seed -> accuracy (%)
         self.scores: dict[str, dict[int, AugmentScore]] = defaultdict(dict)  # DA -> seed -> its scores
+        where: dict[tuple[str, int], str] = {}
         for r in runs:
             da = trained_da(r)
             if da == "auto":
                 continue
             seed = r["config"]["seed"]
+            folder = str(Path(r["_path"]).parent) if "_path" in r else "?"
+            if (da, seed) in where:
+                raise ReportError(f"two runs of one setting with augment={da} and seed={seed}: {where[da, seed]} and {folder}; "
+                                  "report them apart, or remove one")
+            where[da, seed] = folder
             self.acc[da][seed] = 100 * r["student"]["test_acc"]
             s = own_score(r)
             if s is not None:
                 self.scores[da][seed] = s
-        self.das = sorted(self.acc, key=lambda d: -statistics.mean(self.acc[d].values()))
+        self.pool = pool_order(runs, set(self.acc))  # every DA, in pool order
+        self.das = sorted(self.pool, key=lambda d: -statistics.mean(self.acc[d].values()))  # by mean accuracy
 
     @property
-    def name(self) -> str:
-        return " / ".join(map(str, self.key))
+    def epochs(self) -> Any:
+        return self.config.get(BUDGET)
 
     def mean_acc(self, da: str, seeds: Sequence[int] | None = None) -> float:
         vals = [self.acc[da][s] for s in (seeds if seeds is not None else self.acc[da]) if s in self.acc[da]]
@@ -159,7 +229,12 @@ class Setting:
         return statistics.mean(vals) if vals else math.nan
 
     def scored(self, selector: str) -> list[str]:
-        return [d for d in self.das if not math.isnan(self.mean_score(d, selector))]
+        """The DAs with a value of ``selector``, in pool order."""
+        return [d for d in self.pool if not math.isnan(self.mean_score(d, selector))]
+
+    def pick(self, selector: str, seeds: Sequence[int] | None = None) -> str:
+        das = self.scored(selector)
+        return pick([(d, self.mean_score(d, selector, seeds)) for d in das])
 
     def selector_row(self, selector: str, draws: int = 1000, seed: int = 0) -> dict | None:
         das = self.scored(selector)
@@ -169,9 +244,9 @@ class Setting:
         seeds = sorted({s for d in das for s in self.acc[d]})
         rng, boot = random.Random(seed), []
         for _ in range(draws):  # resample seeds (the replicated unit), recompute every mean
-            pick = [rng.choice(seeds) for _ in seeds]
-            xs = [self.mean_score(d, selector, pick) for d in das]
-            ys = [self.mean_acc(d, pick) for d in das]
+            chosen = [rng.choice(seeds) for _ in seeds]
+            xs = [self.mean_score(d, selector, chosen) for d in das]
+            ys = [self.mean_acc(d, chosen) for d in das]
             ok = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
             if len(ok) >= 3:
                 r = spearman([x for x, _ in ok], [y for _, y in ok])
@@ -179,7 +254,7 @@ class Setting:
                     boot.append(r)
         boot.sort()
         lo, hi = (boot[int(0.05 * (len(boot) - 1))], boot[int(0.95 * (len(boot) - 1))]) if boot else (math.nan, math.nan)
-        picked = min(das, key=lambda d: self.mean_score(d, selector))
+        picked = self.pick(selector)
         best = max(das, key=self.mean_acc)
         by_acc = sorted(das, key=lambda d: -self.mean_acc(d))
         return {"selector": selector, "rho": rho, "lo": lo, "hi": hi, "pick": picked, "rank": by_acc.index(picked) + 1,
@@ -192,11 +267,23 @@ class Setting:
         return (statistics.mean(within) if within else math.nan), (statistics.stdev(between) if len(between) > 1 else math.nan)
 
 
+def _hashable(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
 def settings_of(runs: list[dict]) -> list[Setting]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    configs: dict[tuple, dict] = {}
     for r in runs:
-        groups[tuple(field(r, f) for f in SETTING)].append(r)
-    return [Setting(k, v) for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+        cfg = setting_config(r)
+        key = tuple(sorted((k, _hashable(v)) for k, v in cfg.items()))
+        groups[key].append(r)
+        configs[key] = cfg
+    keys = sorted(set().union(*(c.keys() for c in configs.values()))) if configs else []
+    varying = [k for k in keys if len({_hashable(c.get(k)) for c in configs.values()}) > 1]
+    settings = [Setting(configs[k], v, varying) for k, v in groups.items()]
+    return sorted(settings, key=lambda st: (st.title, str([st.config.get(k) for k in varying if k != BUDGET]),
+                                            st.epochs if isinstance(st.epochs, (int, float)) else 0))
 
 
 def setting_markdown(st: Setting) -> tuple[str, list[dict]]:
@@ -209,6 +296,8 @@ def setting_markdown(st: Setting) -> tuple[str, list[dict]]:
             vals = list(st.acc[d].values())
             lines.append(f"| {d} | {cell(vals)} | " + " | ".join(f"{st.mean_score(d, s):+.4f}" for s in sels) + " |")
         lines.append("")
+        if not sels:
+            lines += ["No selector scores recorded (the runs had metric.score_fixed=false): no selector table.", ""]
     rows = [row for s in SELECTORS if (row := st.selector_row(s))]
     if rows:
         lines += ["| selector | Spearman ρ (score, accuracy) | 90 % interval (seeds) | pick | rank of pick | regret (points) |",
@@ -216,13 +305,19 @@ def setting_markdown(st: Setting) -> tuple[str, list[dict]]:
         for r in rows:
             lines.append(f"| {r['selector']} | {r['rho']:+.3f} | [{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['pick']} | "
                          f"{r['rank']} of {r['of']} | {r['regret']:.2f} |")
-        lines += ["", "ρ < 0 means a lower score went with a higher accuracy: the selector ranks as hoped.", ""]
+        lines += ["", "ρ < 0 means a lower score went with a higher accuracy: the selector ranks as hoped. A pick's ties go "
+                  "to the first DA in pool order, as augment=auto's do.", ""]
+    elif sels:
+        lines += [f"Selector table left out: a rank correlation needs at least 3 scored DAs, this setting has "
+                  f"{max(len(st.scored(s)) for s in sels)}.", ""]
     within, between = st.spreads()
     if not math.isnan(within) and not math.isnan(between):
         verdict = ("smaller than" if within < between else "not smaller than")
         lines += [f"Seed-to-seed spread (mean std within a DA) {within:.2f} points is {verdict} the spread between DAs "
                   f"(std of the DAs' means) {between:.2f} points"
                   + ("." if within < between else ": at this budget the DAs cannot be told apart."), ""]
+    elif st.das:
+        lines += ["Spreads left out: they need at least two seeds of a DA and at least two DAs.", ""]
     if st.auto:
         accs = [100 * r["student"]["test_acc"] for r in st.auto]
         picks = ", ".join(sorted({r["selected_augment"] for r in st.auto}))
@@ -234,37 +329,134 @@ def setting_markdown(st: Setting) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+# ----------------------------------------------------------------------------- the budget curve
+
+
+def budget_families(settings: list[Setting]) -> list[list[Setting]]:
+    """Settings equal in everything but the epochs, at least two budgets each, cheapest first."""
+    fam: dict[str, list[Setting]] = defaultdict(list)
+    for st in settings:
+        if isinstance(st.epochs, int):
+            fam[_hashable({k: v for k, v in st.config.items() if k != BUDGET})].append(st)
+    return [sorted(v, key=lambda st: st.epochs) for v in fam.values() if len(v) > 1]
+
+
+def family_name(family: list[Setting]) -> str:
+    name = family[0].name
+    return name.replace(f"{BUDGET}={family[0].epochs}, ", "").replace(f", {BUDGET}={family[0].epochs}", "").replace(
+        f" · {BUDGET}={family[0].epochs}", "")
+
+
+def budget_markdown(family: list[Setting]) -> tuple[str, list[dict]]:
+    rows = []
+    for st in family:
+        for sel in SELECTORS:
+            row = st.selector_row(sel)
+            if row:
+                rows.append({"epochs": st.epochs, **row})
+    lines = [f"## Budget curve: {family_name(family)}", ""]
+    if not rows:
+        return "\n".join(lines + ["No budget has 3 scored DAs: no curve.", ""]), rows
+    epochs = [st.epochs for st in family]
+    lines += ["ρ(score, accuracy) [90 % interval over seeds] and regret (points) of each selector's pick, per budget "
+              "(epochs of the student):", "",
+              "| selector | " + " | ".join(f"{e} ep: ρ [interval] · regret" for e in epochs) + " |",
+              "| --- |" + " --- |" * len(epochs)]
+    for sel in SELECTORS:
+        cells = []
+        for e in epochs:
+            r = next((x for x in rows if x["epochs"] == e and x["selector"] == sel), None)
+            cells.append(f"{r['rho']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] · {r['regret']:.2f} ({r['pick']})" if r else "–")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {sel} | " + " | ".join(cells) + " |")
+    lines.append("")
+    spread = []
+    for st in family:
+        within, between = st.spreads()
+        best, worst = (st.das[0], st.das[-1]) if st.das else ("–", "–")
+        spread.append(f"| {st.epochs} | {within:.2f} | {between:.2f} | {best} {st.mean_acc(best):.2f} | "
+                      f"{worst} {st.mean_acc(worst):.2f} | {st.mean_acc('minimal'):.2f} |")
+    lines += ["| epochs | seed spread (points) | DA spread (points) | best DA | worst DA | minimal |",
+              "| --- | --- | --- | --- | --- | --- |", *spread, ""]
+    return "\n".join(lines), rows
+
+
+def budget_plot(families: list[list[Setting]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(families), 2, figsize=(12, 4.2 * len(families)), squeeze=False)
+    for (ax_rho, ax_reg), family in zip(axes, families):
+        epochs = [st.epochs for st in family]
+        for i, sel in enumerate(SELECTORS):
+            pts = [(st.epochs, st.selector_row(sel)) for st in family]
+            pts = [(e, r) for e, r in pts if r]
+            if not pts:
+                continue
+            es = [e * (1 + 0.03 * (i - len(SELECTORS) / 2)) for e, _ in pts]  # side by side, not on top of each other
+            rho = [r["rho"] for _, r in pts]
+            err = [[r["rho"] - r["lo"] for _, r in pts], [r["hi"] - r["rho"] for _, r in pts]]
+            ax_rho.errorbar(es, rho, yerr=err, marker="os^v<>Dph*"[i % 10], capsize=3, color=f"C{i}", label=sel)
+            ax_reg.plot(es, [r["regret"] for _, r in pts], marker="os^v<>Dph*"[i % 10], color=f"C{i}", label=sel)
+        for ax in (ax_rho, ax_reg):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(epochs, [str(e) for e in epochs])
+            ax.set_xlabel("student epochs (log scale)")
+        ax_rho.axhline(0, color="grey", lw=0.8)
+        ax_rho.set_ylabel("Spearman ρ(score, accuracy)\nbelow 0: the selector ranks as hoped")
+        ax_rho.set_title(f"{family_name(family)}\nbars: 90 % bootstrap interval over seeds", fontsize=8)
+        ax_reg.set_ylabel("regret of the pick (points)\nbest DA's accuracy − pick's")
+        ax_reg.set_title("0: the selector picked the best DA", fontsize=8)
+        ax_reg.legend(fontsize=7, loc="best", title="selector", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def scatter(settings: list[Setting], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [st for st in settings if st.scored("m")]
+    shown = [st for st in settings if len(st.scored("m")) >= 1]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.5), squeeze=False)
+    cols = min(len(shown), 3)
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.8 * cols, 4.8 * rows), squeeze=False)
     markers = dict(zip(SELECTORS, "osD^v<>ph*"))
-    for ax, st in zip(axes[0], shown):
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, st in zip(axes.flat, shown):
         das = st.scored("m")
+        placed: list[tuple[float, float]] = []
         for d in das:
             ms = [selector_value(s, "m") for s in st.scores[d].values()]
             accs = list(st.acc[d].values())
-            ax.errorbar(statistics.mean(ms), statistics.mean(accs), xerr=mean_std(ms)[1], yerr=mean_std(accs)[1],
-                        fmt="o", color="tab:blue", capsize=3)
-            ax.annotate(d, (statistics.mean(ms), statistics.mean(accs)), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        for i, sel in enumerate(SELECTORS):
-            row = st.selector_row(sel, draws=1)
-            if row:
-                d = row["pick"]
-                ax.scatter([st.mean_score(d, "m")], [st.mean_acc(d)], s=160 + 60 * i, facecolors="none",
-                           edgecolors=f"C{i + 1}", marker=markers[sel], label=f"pick of {sel}")
+            x, y = statistics.mean(ms), statistics.mean(accs)
+            ax.errorbar(x, y, xerr=mean_std(ms)[1], yerr=mean_std(accs)[1], fmt="o", color="tab:blue", capsize=3)
+            # Labels of DAs with nearly equal accuracy and M are stacked instead of printed over each other.
+            near = sum(1 for px, py in placed if abs(px - x) < 0.05 and abs(py - y) < 0.3)
+            ax.annotate(d, (x, y), textcoords="offset points", xytext=(5, 4 - 9 * near), fontsize=7)
+            placed.append((x, y))
+        picked = False
+        if len(das) >= 3:
+            for i, sel in enumerate(SELECTORS):
+                if st.scored(sel) and len(st.scored(sel)) >= 3:
+                    d = st.pick(sel)
+                    ax.scatter([st.mean_score(d, "m")], [st.mean_acc(d)], s=140 + 50 * i, facecolors="none",
+                               edgecolors=f"C{i + 1}", marker=markers[sel], label=f"pick of {sel}")
+                    picked = True
         ax.set_xlabel("M = DEV − CMI (mean over seeds; lower is predicted better)")
-        ax.set_ylabel("student test accuracy, %")
-        ax.set_title(st.name, fontsize=9)
-        ax.legend(fontsize=6, loc="best")
+        ax.set_ylabel("student test accuracy, % (mean over seeds)")
+        ax.set_title(st.name + "\nbars: ±1 std over seeds" + ("" if picked else "; no picks: fewer than 3 scored DAs"), fontsize=8)
+        if picked:
+            ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -293,50 +485,62 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default=None, help=f"pivot rows: {', '.join(FIELDS)} or a dotted path into results.json")
     ap.add_argument("--cols", default="bits", help="pivot columns")
     ap.add_argument("--metric", default="test_acc", help="pivot cells (default: student test accuracy, %%)")
-    ap.add_argument("--wandb", action="store_true", help="log the tables and scatter.png to a W&B summary run of the sweep's group "
+    ap.add_argument("--wandb", action="store_true", help="log the tables and figures to a W&B summary run of the sweep's group "
                     "(offline without an API key: make sync uploads it)")
-    ap.add_argument("--plot", action="store_true", help="kept for compatibility: scatter.png is always written when matplotlib is there")
+    ap.add_argument("--plot", action="store_true", help="kept for compatibility: the figures are always written when matplotlib is there")
     args = ap.parse_args(argv)
+    with reported_as_one_line():
+        return report(args)
 
+
+def report(args: argparse.Namespace) -> int:
     runs, failed = load_results(args.folders)
     if not runs:
         print(f"no finished results.json under {', '.join(map(str, args.folders))}"
               + (f" ({len(failed)} failed jobs)" if failed else ""), file=sys.stderr)
         return 1
     settings = settings_of(runs)
-    parts = [f"# Sweep report: {len(runs)} runs" + (f", {len(failed)} failed and left out" if failed else "")]
+    families = budget_families(settings)
+    parts = [f"# Sweep report: {len(runs)} runs in {len(settings)} setting{'s' if len(settings) > 1 else ''}"
+             + (f", {len(failed)} failed and left out" if failed else "")]
     for r in failed:
         parts.append(f"- failed: {Path(r['_path']).parent} — {r.get('error', '?')}")
     csv_rows = []
+    for family in families:
+        text, rows = budget_markdown(family)
+        parts.append(text + "\nFigure: budget.png.\n")
     for st in settings:
         text, rows = setting_markdown(st)
         parts.append(text)
-        csv_rows += [{"setting": st.name, **r} for r in rows]
+        csv_rows += [{"setting": st.name, "epochs": st.epochs, **r} for r in rows]
     if args.rows:
         row_keys, col_keys, table = pivot(runs, args.rows, args.cols, args.metric)
         parts.append(f"## {args.metric} by {args.rows} × {args.cols}\n\n" + pivot_markdown(row_keys, col_keys, table, args.rows))
+    out = args.folders[0]
+    figures = {}
+    try:
+        scatter(settings, out / "scatter.png")
+        figures["scatter"] = out / "scatter.png"
+        if families:
+            budget_plot(families, out / "budget.png")
+            figures["budget"] = out / "budget.png"
+    except ImportError:
+        parts.append("No figures: matplotlib is not installed (pip install matplotlib).")
     text = "\n\n".join(parts) + "\n"
     print(text)
-    out = args.folders[0]
     (out / "report.md").write_text(text)
+    keys = ["setting", "epochs", "selector", "rho", "lo", "hi", "pick", "rank", "of", "regret"]
     with open(out / "report.csv", "w", newline="") as f:
-        keys = ["setting", "selector", "rho", "lo", "hi", "pick", "rank", "of", "regret"]
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(csv_rows)
-    try:
-        scatter(settings, out / "scatter.png")
-    except ImportError:
-        print("matplotlib is not installed: no scatter.png (pip install matplotlib)", file=sys.stderr)
     if args.wandb:
         from daqkd.wandb_setup import log_sweep_summary
 
-        keys = ["setting", "selector", "rho", "lo", "hi", "pick", "rank", "of", "regret"]
         runs_table = [[str(Path(r["_path"]).parent), field(r, "augment"), field(r, "selected"), field(r, "seed"), field(r, "test_acc")]
                       for r in runs]
         where = log_sweep_summary(out, {"selectors": (keys, [[row.get(k) for k in keys] for row in csv_rows]),
-                                        "runs": (["run", "augment", "selected", "seed", "test_acc"], runs_table)},
-                                  {"scatter": out / "scatter.png"})
+                                        "runs": (["run", "augment", "selected", "seed", "test_acc"], runs_table)}, figures)
         print(f"W&B summary run: {where}", file=sys.stderr)
     return 0
 

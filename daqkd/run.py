@@ -108,6 +108,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "provenance": provenance(),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_composed": OmegaConf.to_container(cfg, resolve=False),  # which values follow the seed or the paths
     }
     if trainer.is_global_zero:  # under DDP every rank gets here; one writes
         (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")

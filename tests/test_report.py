@@ -22,7 +22,7 @@ def score(name, m, variance=0.1, student_m=0.0):
             "teacher_ce": 0.5, "num_samples": 100, "seconds": 1.0, "student_m": student_m}
 
 
-def fake_run(folder, augment, seed, acc, m=0.0, variance=0.1, quantizer="ewgs", bits=2, selected=None, pool=()):
+def fake_run(folder, augment, seed, acc, m=0.0, variance=0.1, quantizer="ewgs", bits=2, selected=None, pool=(), config=None):
     folder.mkdir(parents=True)
     selected = selected or augment
     scores = [score(n, v) for n, v in pool] if pool else [score(augment, m, variance)]
@@ -32,8 +32,9 @@ def fake_run(folder, augment, seed, acc, m=0.0, variance=0.1, quantizer="ewgs", 
         "augment_scores": scores,
         "teacher": {"test_acc": 0.9},
         "student": {"test_acc": acc, "quantizer": quantizer, "bits_w": bits, "bits_a": bits, "kd": "kd"},
-        "config": {"seed": seed, "augment": {"name": augment}, "kd": {"name": "kd"},
-                   "dataset": {"name": "fashion_mnist"}, "model": {"name": "resnet20"}},
+        "config": {"seed": seed, "augment": {"name": augment, "pool": ["a", "b", "c"]}, "kd": {"name": "kd", "alpha": 2.0},
+                   "dataset": {"name": "fashion_mnist"}, "model": {"name": "resnet20"}, "metric": {"seed": seed},
+                   "trainer": {"max_epochs": 2}, "paths": {"output_dir": str(folder)}, **(config or {})},
     }))
 
 
@@ -76,7 +77,7 @@ def test_selector_table_picks_ranks_and_regrets(sweep):
 def test_report_files_count_failures_and_name_the_auto_run(sweep, capsys):
     assert main([str(sweep), "--rows", "augment", "--cols", "bits"]) == 0
     out = capsys.readouterr().out
-    assert "7 runs, 1 failed and left out" in out and "RuntimeError: boom" in out
+    assert "7 runs in 1 setting, 1 failed and left out" in out and "RuntimeError: boom" in out
     assert "| m | -1.000 |" in out and "| variance | +1.000 |" in out
     assert "auto (c): 84.50; best fixed c 85.00, worst fixed a 70.00" in out
     assert "| a | 70.00 ± 1.41 (n=2) |" in out  # the pivot: augment × bits
@@ -90,5 +91,81 @@ def test_report_files_count_failures_and_name_the_auto_run(sweep, capsys):
 def test_report_says_when_nothing_is_there(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1
-    with pytest.raises(FileNotFoundError, match="multirun"):
+    assert "no finished results.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "missing")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing is not a folder" in err[0] and "multirun" in err[0]
+
+
+def test_settings_differ_in_any_config_key_and_duplicates_are_refused(tmp_path, capsys):
+    # 16 runs: 2 DAs × 2 seeds × (2 or 8 epochs) × kd.alpha (1 or 2). Keyed on (dataset, model,
+    # quantizer, bits, kd name) they collapsed into one setting and the last file read won.
+    root = tmp_path / "sw"
+    i = 0
+    for epochs in (2, 8):
+        for alpha in (1.0, 2.0):
+            for da in ("a", "b"):
+                for seed in (0, 1):
+                    acc = 0.5 + 0.1 * (epochs == 8) + 0.01 * alpha + 0.001 * (da == "b") + 0.0001 * seed
+                    fake_run(root / str(i), da, seed, acc, config={"trainer": {"max_epochs": epochs}, "kd": {"name": "kd", "alpha": alpha}})
+                    i += 1
+    from daqkd.report import load_results
+
+    runs, _ = load_results([root])
+    settings = settings_of(runs)
+    assert len(settings) == 4 and all(len(v) == 2 for st in settings for v in st.acc.values())
+    names = {st.name for st in settings}
+    assert "fashion_mnist / resnet20 / ewgs / W2A2 / kd · kd.alpha=1.0, trainer.max_epochs=8" in names
+    st = next(st for st in settings if st.config["trainer.max_epochs"] == 8 and st.config["kd.alpha"] == 1.0)
+    assert st.acc["b"][1] == pytest.approx(100 * (0.5 + 0.1 + 0.01 + 0.001 + 0.0001))
+    # the same setting, DA and seed twice: an error naming both folders
+    fake_run(root / "dup", "a", 0, 0.9, config={"trainer": {"max_epochs": 2}, "kd": {"name": "kd", "alpha": 1.0}})
+    with pytest.raises(SystemExit):
+        main([str(root)])
+    err = capsys.readouterr().err
+    assert "augment=a and seed=0" in err and str(root / "0") in err and str(root / "dup") in err
+
+
+def test_tied_scores_pick_the_first_da_in_pool_order_as_auto_does(tmp_path):
+    # a, b, c all score M = 0.1; c is the most accurate. augment=auto picks the first in the pool (a),
+    # so the report must too (it used to pick the most accurate and flattered the regret).
+    root = tmp_path / "sw"
+    for i, (da, acc) in enumerate((("a", 0.70), ("b", 0.75), ("c", 0.80))):
+        fake_run(root / str(i), da, 0, acc, m=0.1)
+    from daqkd.metric.scoring import AugmentScore, select_augmentation
+    from daqkd.report import load_results
+
+    (st,) = settings_of(load_results([root])[0])
+    row = st.selector_row("m")
+    assert row["pick"] == "a" and row["regret"] == pytest.approx(10.0)
+    auto = select_augmentation([AugmentScore.from_dict(score(d, 0.1)) for d in ("a", "b", "c")], "m")
+    assert auto == row["pick"]
+
+
+def test_the_budget_curve_table_and_figure(tmp_path, capsys):
+    # M predicts at 8 epochs (ρ = −1) and backwards at 2 (ρ = +1); three DAs, two seeds.
+    root = tmp_path / "sw"
+    i = 0
+    for epochs, accs in ((2, {"a": 0.80, "b": 0.75, "c": 0.70}), (8, {"a": 0.70, "b": 0.75, "c": 0.80})):
+        for da, m in (("a", 0.3), ("b", 0.1), ("c", -0.2)):
+            for seed in (0, 1):
+                fake_run(root / str(i), da, seed, accs[da] + 0.002 * seed, m=m, config={"trainer": {"max_epochs": epochs}})
+                i += 1
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "## Budget curve: fashion_mnist / resnet20 / ewgs / W2A2 / kd" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("| m |") and "ep" not in ln and "·" in ln)
+    assert "+1.00 [+1.00, +1.00] · 10.00 (c)" in line and "-1.00 [-1.00, -1.00] · 0.00 (c)" in line
+    assert (root / "budget.png").stat().st_size > 1000
+    rows = list(csv.DictReader(open(root / "report.csv")))
+    assert {r["epochs"] for r in rows} == {"2", "8"}
+
+
+def test_fewer_than_three_das_say_why_the_table_is_missing(tmp_path, capsys):
+    root = tmp_path / "sw"
+    fake_run(root / "0", "a", 0, 0.7, m=0.1)
+    fake_run(root / "1", "b", 0, 0.8, m=0.2)
+    assert main([str(root)]) == 0
+    assert "Selector table left out: a rank correlation needs at least 3 scored DAs, this setting has 2." in capsys.readouterr().out

@@ -284,14 +284,23 @@ class Selection:
         return cls(d["selected"], d["how"], [AugmentScore.from_dict(s) for s in d["scores"]])
 
 
+def pick(candidates: Sequence[tuple[str, float]]) -> str:
+    """The name with the lowest value; a tie goes to the first, in pool order. The one tie rule
+    shared by ``augment=auto`` and the report."""
+    if not candidates:
+        raise ValueError("no scored candidates to select from")
+    best = min(range(len(candidates)), key=lambda i: candidates[i][1])
+    return candidates[best][0]
+
+
 def select_augmentation(scores: Sequence[AugmentScore], selector: str = "m") -> str:
-    """argmin of ``selector`` (ties: the first candidate)."""
+    """argmin of ``selector`` over the candidates in pool order (ties: the first; ``pick``)."""
     if not scores:
         raise ValueError("no scored candidates to select from")
     values = [selector_value(s, selector) for s in scores]
     if any(math.isnan(v) for v in values):
         raise ValueError(f"selector {selector!r} has no value for some candidates (student_m needs a quantized student)")
-    return scores[min(range(len(values)), key=values.__getitem__)].name
+    return pick([(s.name, v) for s, v in zip(scores, values)])
 
 
 def format_ranking(scores: list[AugmentScore], selected: str | None = None, selector: str = "m") -> str:
