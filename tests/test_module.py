@@ -54,3 +54,23 @@ def test_compiled_networks_give_the_same_loss_and_gradients(make_cfg, make_modul
     (l0, g0), (l1, g1) = loss_and_grads(eager.train(), fmnist_batch), loss_and_grads(compiled.train(), fmnist_batch)
     assert torch.allclose(l0, l1, rtol=1e-5) and g0.keys() == g1.keys()
     assert all(torch.allclose(g0[k], g1[k], rtol=1e-4, atol=1e-6) for k in g0)
+
+
+@pytest.mark.slow
+def test_a_compiled_fit_estimates_the_hessian_delta(make_cfg, make_module, fmnist_batch):
+    """The EWGS δ estimate asks autograd for the Hessian at quantizer outputs, which a compiled graph
+    keeps off the loss's path: speed.compile=true crashed the default run at epoch 0. The estimate now
+    runs the same modules eagerly: the compiled student gets exactly the eager student's δ, and a real
+    fit with the Hessian δ finishes."""
+    from daqkd.quant import estimate_ewgs_deltas
+    from daqkd.run import train
+
+    _, eager = make_module(make_cfg())
+    _, compiled = make_module(make_cfg("speed.compile=true", "speed.compile_backend=aot_eager"))
+    deltas = [estimate_ewgs_deltas(m.student, lambda b, m=m: m.compute_loss(b)[0], [fmnist_batch], torch.Generator().manual_seed(0), 1)
+              for m in (eager, compiled)]
+    assert deltas[0] == deltas[1] and max(deltas[0].values()) > 0
+    cfg = make_cfg("speed.compile=true", "speed.compile_backend=aot_eager", "quantizer.weight.delta_mode=hessian",
+                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "metric.score_student=false")
+    result = train(cfg)
+    assert result["status"] == "ok" and result["student"]["epochs"] == 1

@@ -201,7 +201,9 @@ def estimate_ewgs_deltas(
     try:
         for q in quantizers:
             q.capture = True
-        with eval_mode(model):
+        # Compiled (speed.compile): the captured outputs live inside the compiled graph, off the
+        # loss's autograd path; the estimate runs the same modules eagerly.
+        with eval_mode(model), torch.compiler.set_stance("force_eager"):
             for batch in batches:
                 with torch.enable_grad():
                     loss = loss_fn(batch)
