@@ -67,7 +67,7 @@ def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, 
         "std": list(d.std),
         "padding": d.padding,
         "flip": d.flip,
-        "batch_size": d.batch_size,
+        "batch_size": cfg.teacher.batch_size,
         "limit_train_batches": cfg.teacher.get("limit_train_batches"),
         "seed": cfg.seed,
     }
@@ -88,7 +88,7 @@ def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: 
     }
     return resolve_teacher(
         lambda: build_model(cfg), datamodule, teacher_identity(cfg, datamodule), teacher_recipe(cfg), cfg.paths.cache_dir,
-        ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw, seed=cfg.seed,
+        ckpt=cfg.teacher.ckpt, retrain=cfg.teacher.retrain, trainer_kwargs=kw, seed=cfg.seed, batch_size=cfg.teacher.batch_size,
     )
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,7 @@ NUMBERS: list[tuple[str, Callable[[Any], bool], str, str]] = [
     ("dataset.in_channels", lambda v: v in (1, 3), "1 or 3", "dataset.in_channels=3"),
     ("dataset.image_size", _at_least(8), "an integer ≥ 8", "dataset.image_size=32"),
     ("dataset.datamodule.batch_size", _at_least(1), "an integer ≥ 1", "dataset.datamodule.batch_size=128"),
+    ("teacher.batch_size", _at_least(2), "an integer ≥ 2", "teacher.batch_size=128"),
     ("dataset.datamodule.eval_batch_size", _at_least(1), "an integer ≥ 1", "dataset.datamodule.eval_batch_size=500"),
     ("dataset.datamodule.num_workers", _at_least(0), "an integer ≥ 0", "dataset.datamodule.num_workers=2"),
     ("dataset.datamodule.padding", _at_least(0), "an integer ≥ 0", "dataset.datamodule.padding=4"),
@@ -151,6 +154,18 @@ NUMBERS: list[tuple[str, Callable[[Any], bool], str, str]] = [
 ]
 
 
+def check_augmentation(key: str, name: str, num_classes: int, params) -> None:
+    """A ConfigError naming ``key`` unless ``name`` (``a`` or ``a+b``) is a DA of the registry with valid parameters."""
+    try:
+        build_augmentation(name, num_classes, params)
+    except (ValueError, TypeError) as e:
+        unknown = [part for part in name.split("+") if part not in available_augments()]
+        if unknown:
+            raise ConfigError(f"{key}: {unknown[0]!r} is not a DA; choose from {', '.join(available_augments())} "
+                              "(combine a per-image DA with cutmix or mixup as a+cutmix)") from e
+        raise ConfigError(f"{key}={name}: {e}") from e
+
+
 def check_numbers(cfg: DictConfig) -> None:
     for key, ok, what, example in NUMBERS:
         value = OmegaConf.select(cfg, key, default="__absent__")
@@ -158,8 +173,113 @@ def check_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: expected {what}, e.g. {example}")
 
 
+# Examples for the mandatory keys (``???``) a config group leaves to the user.
+MANDATORY_EXAMPLES = {
+    "dataset.num_classes": "dataset.num_classes=10",
+    "dataset.datamodule.source_options.folder": "dataset.datamodule.source_options.folder=/data/mine",
+    "dataset.datamodule.mean": "dataset.datamodule.mean=[0.5,0.5,0.5] (python -m daqkd.data.stats computes it)",
+    "dataset.datamodule.std": "dataset.datamodule.std=[0.25,0.25,0.25] (python -m daqkd.data.stats computes it)",
+    "teacher.max_epochs": "teacher.max_epochs=30",
+}
+
+
+def check_mandatory(cfg: DictConfig) -> None:
+    """A ConfigError naming the first key the config leaves unset (``???``), with an example."""
+    missing = sorted(_missing(cfg, ""))
+    if missing:
+        key = missing[0]
+        more = f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(f"{key} is not set; give it on the command line, e.g. {MANDATORY_EXAMPLES.get(key, key + '=...')}{more}")
+
+
+def _missing(node: Any, path: str) -> list[str]:
+    """Dotted keys whose value is ``???``, found without resolving interpolations (``${hydra:...}``
+    cannot be resolved before Hydra runs)."""
+    out = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            where = f"{path}.{key}" if path else str(key)
+            if child._is_missing():
+                out.append(where)
+            elif isinstance(child, (DictConfig, ListConfig)):
+                out += _missing(child, where)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            child = node._get_node(i)
+            if isinstance(child, (DictConfig, ListConfig)):
+                out += _missing(child, f"{path}[{i}]")
+    return out
+
+
+# Flags after which Hydra prints or exits without composing a job (no check needed).
+_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version",
+               "--package", "-p", "--resolve")
+
+
+def check_command_line(argv: list[str], config_name: str = "config") -> None:
+    """What Hydra would reject, or fail on only once the job runs, as one ConfigError before Hydra
+    starts: an option a config group does not have (every value of a sweep is checked), an override
+    Hydra cannot apply, a mandatory key left unset, an output folder that cannot be written."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.split("=")[0] in _INFO_FLAGS for a in argv):
+        return
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as e:
+        raise ConfigError(f"cannot read the command line ({str(e).splitlines()[0]}); overrides look like key=value or group=option") from e
+    single = []
+    for o in parsed:
+        key = o.get_key_element()
+        group = key.lstrip("+~")
+        values = None
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # glob(...) and the like: Hydra expands them itself
+                values = None
+        if group.startswith("hydra"):
+            if group in ("hydra.run.dir", "hydra.sweep.dir"):
+                check_writable(Path(o.get_value_element_as_str()), group)
+            continue
+        folder = config_dir() / group
+        if folder.is_dir() and not o.is_delete():
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            for v in values if values is not None else [o.get_value_element_as_str()]:
+                if v not in options and v != "null":
+                    raise ConfigError(f"{group}={v} is not an option of {group}; choose one of {', '.join(options)}")
+        if o.is_sweep_override():
+            if values:
+                single.append(f"{key}={values[0]}")
+        else:
+            single.append(o.input_line)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name, overrides=normalize_overrides(single))
+    except Exception as e:
+        raise ConfigError(" ".join(str(e).split())) from e
+    check_mandatory(cfg)
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """A ConfigError unless ``folder`` is, or can be made, a folder this process writes to: probed with
+    a temporary folder in its nearest existing parent, removed again (root passes os.access checks
+    even where nothing can be created, /proc for one)."""
+    p = folder.expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".daqkd-probe-", dir=p))
+    except OSError as e:
+        raise ConfigError(f"{key}={folder} cannot be written ({p}: {e.strerror}); choose a folder you can write to") from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the key, the value and what is allowed."""
+    check_mandatory(cfg)
     check_numbers(cfg)
     try:
         check_bits(cfg.bits.w, "bits.w")
@@ -167,19 +287,12 @@ def validate_config(cfg: DictConfig) -> None:
         check_first_last(cfg.quantizer.first_last)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    names = list(cfg.augment.pool or [])
+    names = [("augment.pool", str(n)) for n in cfg.augment.pool or []]
     if cfg.augment.name != "auto":
-        names.append(cfg.augment.name)
-    for name in names:
-        try:
-            build_augmentation(name, cfg.dataset.num_classes, cfg.augment.get("params"))
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"augment: {e} (choose augment=auto or one of {', '.join(available_augments())})") from e
-    teacher_da = cfg.teacher.get("augment", "minimal")
-    try:
-        build_augmentation(str(teacher_da), cfg.dataset.num_classes, cfg.augment.get("params"))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"teacher.augment={teacher_da}: {e}") from e
+        names.append(("augment.name", str(cfg.augment.name)))
+    names.append(("teacher.augment", str(cfg.teacher.get("augment", "minimal"))))
+    for key, name in names:
+        check_augmentation(key, name, cfg.dataset.num_classes, cfg.augment.get("params"))
     if cfg.augment.name == "auto" and not names:
         raise ConfigError("augment=auto needs a non-empty augment.pool to choose from")
     n = cfg.metric.num_samples
@@ -190,6 +303,13 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if cfg.metric.selector not in SELECTORS:
         raise ConfigError(f"metric.selector={cfg.metric.selector} is not a selector; choose one of {', '.join(SELECTORS)}, e.g. metric.selector=m")
+    full_precision = cfg.quantizer.get("weight") is None and cfg.quantizer.get("activation") is None
+    if cfg.metric.selector == "student_m" and full_precision:
+        raise ConfigError(f"metric.selector=student_m scores the DAs with the quantized student, but quantizer={cfg.quantizer.name} "
+                          "quantizes nothing (its M equals the teacher's); choose metric.selector=m, or a quantizer such as quantizer=ewgs")
+    if cfg.dataset.datamodule.batch_size < 2:
+        raise ConfigError(f"dataset.datamodule.batch_size={cfg.dataset.datamodule.batch_size} is too small: training needs at least 2 "
+                          "images a step (BatchNorm statistics, EWGS's gradient spread, contrastive KD); e.g. dataset.datamodule.batch_size=64")
     if cfg.kd.beta > 0 and cfg.kd.get("method") is None:
         raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a KD method, but kd={cfg.kd.name} has none; choose one (kd=at, crd, dkd, ...)")
     if cfg.ckpt_path not in (None, "last") and not Path(str(cfg.ckpt_path)).is_file():

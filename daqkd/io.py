@@ -1,44 +1,60 @@
 """Checkpoint reading and writing: atomic saves, and state-dict import with errors that say what to do."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
 import torch.nn as nn
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from daqkd.errors import CheckpointError
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a reader sees the old file or the new one, never half of one."""
+def _umask_mode() -> int:
+    """The mode a file the user writes gets (0o666 less the umask), which mkstemp's 0o600 is not."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a temporary file in the same folder, fsync, then rename over ``path``: a
+    reader sees the old file or the new one, never half of one. The file gets the umask's mode (a
+    team's shared cache stays readable to the team)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    """JSON to a temporary file in the same folder, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    """JSON atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str).encode()))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -120,3 +136,45 @@ class CheckpointOnSigterm(L.Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             self.saved = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(self.saved)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger, except that a resumed run keeps the curves of the run it continues:
+    Lightning's writer deletes ``metrics.csv`` when it finds one. Here the old rows are kept up to the
+    first step this launch logs (rows of the interrupted launch past its last checkpoint are redone)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _KeepingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _KeepingWriter(_LightningExperimentWriter):
+    def __init__(self, log_dir: str):
+        path = Path(log_dir) / self.NAME_METRICS_FILE
+        self.previous: list[dict] = []
+        self.previous_keys: list[str] = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.previous, self.previous_keys = list(reader), list(reader.fieldnames or [])
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's warns that the old curves will be deleted; they are kept
+        if self._fs.isfile(self.metrics_file_path):
+            self._fs.rm_file(self.metrics_file_path)
+
+    def save(self) -> None:
+        if self.previous and self.metrics:
+            first = min(int(m["step"]) for m in self.metrics)
+            kept = [r for r in self.previous if r.get("step") not in (None, "") and int(float(r["step"])) < first]
+            self.metrics_keys = sorted(set(self.metrics_keys) | set(self.previous_keys))
+            with open(self.metrics_file_path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            self.previous = []
+        super().save()

@@ -6,6 +6,7 @@ commands). The builders live in daqkd.build; this module only wires them in orde
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -31,12 +33,14 @@ from daqkd.build import (
     build_trainer,
     resolve_ckpt_path,
 )
-from daqkd.config import config_dir, normalize_overrides, validate_config
+from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
 from daqkd.errors import ConfigError, Preempted, reported_as_one_line
 from daqkd.io import CheckpointOnSigterm, atomic_write_json
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
-from daqkd.rundir import relaunch
+from daqkd.rundir import relaunch, resume_or_start
+
+REFUSED: list[int] = []  # sweep jobs of this process refused before they ran (FailureCount reports them)
 
 log = logging.getLogger("daqkd")
 
@@ -88,6 +92,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     seconds["test"] = time.perf_counter() - clock
 
     selection = selector.selection
+    bits_w, bits_a = student_bits(cfg)
     results = {
         "status": "ok",
         "selected_augment": selection.selected,
@@ -99,8 +104,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
             "test_loss": float(test_metrics["test/loss"]),
             "ckpt": best or None,
             "quantizer": cfg.quantizer.name,
-            "bits_w": cfg.bits.w,
-            "bits_a": cfg.bits.a,
+            "bits_w": bits_w,
+            "bits_a": bits_a,
             "kd": cfg.kd.name,
             "epochs": trainer.current_epoch,
         },
@@ -115,10 +120,21 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         atomic_write_json(output_dir / "results.json", results)
     log.info(
         "Done. DA: %s | teacher test acc %.4f | W%dA%d %s student test acc %.4f | %s",
-        selection.selected, teacher.test_acc, cfg.bits.w, cfg.bits.a, cfg.quantizer.name,
+        selection.selected, teacher.test_acc, bits_w, bits_a, cfg.quantizer.name,
         results["student"]["test_acc"], output_dir / "results.json",
     )
     return results
+
+
+def student_bits(cfg: DictConfig) -> tuple[int, int]:
+    """The student's (weight, activation) bits: 32 where ``quantizer=`` quantizes nothing (fp)."""
+    w = cfg.bits.w if cfg.quantizer.get("weight") is not None else 32
+    a = cfg.bits.a if cfg.quantizer.get("activation") is not None else 32
+    if (w, a) != (cfg.bits.w, cfg.bits.a):
+        log.warning("quantizer=%s quantizes no %s: the student is full precision there and recorded as W%dA%d, not W%dA%d",
+                    cfg.quantizer.name, "weights or activations" if (w, a) == (32, 32) else ("weights" if w == 32 else "activations"),
+                    w, a, cfg.bits.w, cfg.bits.a)
+    return w, a
 
 
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
@@ -138,18 +154,24 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 def hydra_main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with reported_as_one_line():
-            return train(cfg)["student"]["test_acc"]  # the sweep objective
+            return train(resume_or_start(cfg))["student"]["test_acc"]  # the sweep objective
     job = HydraConfig.get().job.num
     try:
         done = relaunch(cfg)
     except ConfigError as e:  # refused before anything ran: nothing is recorded over the folder's run
         log.error("job %s refused: %s", job, e)
+        REFUSED.append(job)
         return float("nan")
     if done is not None:
         log.info("job %s: finished before (%s), skipped", job, Path(cfg.paths.output_dir) / "results.json")
         return done["student"]["test_acc"]
     try:
         return train(cfg)["student"]["test_acc"]
+    except Preempted as e:  # the whole sweep stops, as SLURM's pre-emption and a user's kill mean
+        print(f"daqkd: received SIGTERM in sweep job {job}, which saved {cfg.callbacks.model_checkpoint.dirpath}/last.ckpt; "
+              f"the sweep stopped. Relaunch the same command with hydra.sweep.dir={HydraConfig.get().sweep.dir} to go on "
+              "where it stopped (finished jobs are skipped, this one resumes)", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
     except Exception as e:
         # In a sweep one failing job must not end the others: record it and go on.
         record_failure(cfg, e)
@@ -158,7 +180,29 @@ def hydra_main(cfg: DictConfig) -> float:
         return float("nan")
 
 
+class SweepOutcome(Callback):
+    """At the end of a sweep: one line counting the jobs that failed or were refused, and a non-zero
+    exit, so a script or a scheduler sees that the sweep did not do all it was asked."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        failed = []
+        for path in sorted(folder.rglob("results.json")):
+            try:
+                if json.loads(path.read_text()).get("status") == "failed":
+                    failed.append(path.parent)
+            except (OSError, ValueError):
+                continue
+        if failed or REFUSED:
+            where = f"; see {failed[0]}/results.json" if failed else ""
+            print(f"daqkd: error: {len(failed)} sweep job(s) failed and {len(REFUSED)} were refused in {folder}{where}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1)
+
+
 def main() -> None:
+    with reported_as_one_line():
+        check_command_line(sys.argv[1:])
     sys.argv[1:] = normalize_overrides(sys.argv[1:])
     hydra_main()
 

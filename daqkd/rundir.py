@@ -100,3 +100,48 @@ def relaunch(cfg: DictConfig) -> dict | None:
         with open_dict(cfg):
             cfg.ckpt_path = "last"
     return None
+
+
+def holds_a_run(folder: Path) -> bool:
+    folder = Path(folder)
+    return original_dir(folder).is_dir() or (folder / "results.json").is_file() or any((folder / "checkpoints").glob("*.ckpt"))
+
+
+def resume_or_start(cfg: DictConfig) -> DictConfig:
+    """A single run (not a sweep job) into ``hydra.run.dir``: the config to run with.
+
+    - A new folder: this launch's config (and its ``.hydra`` files are kept as the original).
+    - A folder that holds a run, with ``ckpt_path``: the run's own config, as first composed, so
+      ``hydra.run.dir=<run> ckpt_path=last`` alone resumes it; overrides given now must agree with it,
+      and a launch that would change any key is refused (one line naming the keys).
+    - A folder that holds a run, without ``ckpt_path``: refused, as a new run would overwrite it.
+    Every refusal puts the run's ``.hydra`` files back and leaves everything else as it was."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = Path(cfg.paths.output_dir)
+    original = original_dir(folder) / "overrides.yaml"
+    if not holds_a_run(folder):
+        keep_original(folder)
+        return cfg
+    if cfg.ckpt_path is None:
+        put_back(folder)
+        raise ConfigError(f"{folder} already holds a run; resume it with ckpt_path=last, or start a new run in another "
+                          "folder (leave hydra.run.dir out)")
+    if not original.is_file():  # a run from before daqkd kept its first launch's files: as given
+        return cfg
+    first = [str(o) for o in OmegaConf.load(original)]
+    now = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra."))]
+    run_cfg = compose("config", overrides=first)
+    asked = compose("config", overrides=first + now)
+    changed = differences(composed(run_cfg), composed(asked))
+    if changed:
+        put_back(folder)
+        raise ConfigError(
+            f"{folder} was run with {' '.join(first) or 'the defaults'}; resuming it with {', '.join(changed[:5])} changed is "
+            f"refused. Resume with: python -m daqkd.run hydra.run.dir={folder} ckpt_path={cfg.ckpt_path}"
+        )
+    put_back(folder)
+    with open_dict(asked):
+        asked.ckpt_path = cfg.ckpt_path
+    return asked

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +18,10 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torchmetrics.classification import MulticlassAccuracy
 
-from daqkd.errors import CheckpointError, TrainingDiverged
+from daqkd.errors import CheckpointError, ConfigError, TrainingDiverged
 from daqkd.io import atomic_torch_save, load_weights, read_checkpoint
 from daqkd.torchutil import eval_mode, hard_labels
 
@@ -109,6 +111,7 @@ def resolve_teacher(
     retrain: bool = False,
     trainer_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
+    batch_size: int | None = None,
 ) -> TeacherInfo:
     """The FP teacher for this run, in eval mode, with its test accuracy.
 
@@ -122,10 +125,10 @@ def resolve_teacher(
     (part of the identity) whatever the caller's (CPU) random state, which is restored afterwards.
     """
     with torch.random.fork_rng(devices=[]):
-        return _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed)
+        return _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed, batch_size)
 
 
-def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed) -> TeacherInfo:
+def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain, trainer_kwargs, seed, batch_size) -> TeacherInfo:
     datamodule.setup()
     test_key = datamodule.test_fingerprint()
     if ckpt:
@@ -134,8 +137,19 @@ def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain
         model.eval()
         return TeacherInfo(model, str(Path(ckpt).expanduser()), evaluate_accuracy(model, datamodule.test_dataloader()), "given")
     path = cache_path(cache_dir, identity, recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    problem = _unwritable(path.parent)
+    if problem:
+        if path.is_file() and not retrain:  # a read-only cache (a team's, say) that holds this teacher
+            return _read_only(path, build_model, datamodule, test_key)
+        raise ConfigError(f"paths.cache_dir={cache_dir} cannot be written ({problem}) and holds no teacher for this config; "
+                          "set paths.cache_dir= (or DAQKD_CACHE) to a folder you can write to")
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("teacher: waiting for the teacher being trained by another process (lock file %s.lock)", path)
+        lock.acquire()
+    try:
         cached, source = None, "trained"
         if path.is_file() and not retrain:
             try:
@@ -152,7 +166,7 @@ def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain
         if source == "trained":  # built and trained from the seed: the same identity, the same weights
             torch.random.default_generator.manual_seed(seed)
             model = build_model()
-            train_teacher(model, datamodule, recipe, trainer_kwargs or {})
+            train_teacher(model, datamodule, recipe, trainer_kwargs or {}, batch_size)
         accuracies = dict((cached or {}).get("test_acc", {}))
         if test_key not in accuracies:
             accuracies[test_key] = evaluate_accuracy(model, datamodule.test_dataloader())
@@ -161,15 +175,46 @@ def _resolve(build_model, datamodule, identity, recipe, cache_dir, ckpt, retrain
                                "test_acc": accuracies}, path)
             if source == "trained":
                 log.info("teacher: trained and cached at %s", path)
+    finally:
+        lock.release()
     model.eval()
     return TeacherInfo(model=model, ckpt=str(path), test_acc=accuracies[test_key], source=source)
 
 
-def train_teacher(model: nn.Module, datamodule, recipe: TeacherRecipe, trainer_kwargs: Mapping[str, Any]) -> nn.Module:
-    """Train ``model`` in full precision on the datamodule's training split with the recipe's DA."""
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot take a new file (the lock, the teacher), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _read_only(path: Path, build_model, datamodule, test_key: str) -> TeacherInfo:
+    """The cached teacher from a cache this process cannot write: read without the lock (cache files
+    are replaced atomically, so a reader never sees half of one), its test accuracy measured if the
+    file does not hold it for this test split."""
+    cached = read_checkpoint(path)
+    model = build_model()
+    load_weights(model, path, cached)
+    model.eval()
+    acc = dict(cached.get("test_acc", {})).get(test_key)
+    if acc is None:
+        acc = evaluate_accuracy(model, datamodule.test_dataloader())
+    log.info("teacher: cached %s (read-only cache)", path)
+    return TeacherInfo(model=model, ckpt=str(path), test_acc=acc, source="cache")
+
+
+def train_teacher(model: nn.Module, datamodule, recipe: TeacherRecipe, trainer_kwargs: Mapping[str, Any],
+                  batch_size: int | None = None) -> nn.Module:
+    """Train ``model`` in full precision on the datamodule's training split with the recipe's DA, at
+    ``batch_size`` (default: the datamodule's)."""
     module = TeacherModule(model, datamodule.num_classes, recipe)
     kw = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False, **trainer_kwargs}
     kw["max_epochs"] = recipe.max_epochs
     log.info("teacher: training for %d epochs with DA %s", recipe.max_epochs, recipe.augment)
-    L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_loader(recipe.augment))
+    L.Trainer(**kw).fit(module, train_dataloaders=datamodule.train_loader(recipe.augment, batch_size))
     return model

@@ -43,7 +43,10 @@ BAD_VALUES = [
     ("metric.selector=best", "metric.selector=best"),
     ("quantizer.calibration_size=0", "quantizer.calibration_size=0"),
     ("quantizer.callback.probes=0", "quantizer.callback.probes=0"),
-    ("augment.pool=[minimal,nosuch]", "unknown augmentation 'nosuch'"),
+    ("augment.pool=[minimal,nosuch]", "augment.pool: 'nosuch' is not a DA"),
+    ("teacher.augment=nosuch", "teacher.augment: 'nosuch' is not a DA"),
+    ("dataset.datamodule.batch_size=1", "dataset.datamodule.batch_size=1"),
+    ("teacher.batch_size=1", "teacher.batch_size=1"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt"),
 ]
 

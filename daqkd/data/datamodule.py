@@ -176,11 +176,13 @@ class ImageDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(derive_seed(seed, stream, "loader")),
         )
 
-    def train_loader(self, augment: str) -> DataLoader:
-        """Shuffled training batches under DA ``augment`` (does not install it)."""
+    def train_loader(self, augment: str, batch_size: int | None = None) -> DataLoader:
+        """Shuffled training batches under DA ``augment`` (does not install it), of the student's
+        batch size or ``batch_size`` (the teacher's)."""
         self.setup()
-        drop = len(self.train_idx) > self.batch_size
-        return self.loader(self.train_set, self.train_idx, self.pipeline(augment), self.batch_size, self.seed,
+        batch_size = batch_size or self.batch_size
+        drop = len(self.train_idx) > batch_size
+        return self.loader(self.train_set, self.train_idx, self.pipeline(augment), batch_size, self.seed,
                            "train", shuffle=True, drop_last=drop)
 
     def train_dataloader(self) -> DataLoader:

@@ -11,9 +11,11 @@ import hashlib
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
@@ -44,12 +46,14 @@ class ImageFiles:
         paths, targets = list(paths), list(targets)
         self.skipped: list[Path] = []
         if verify:
-            keep = [i for i, p in enumerate(paths) if _readable(p)]
+            probes = [_probe(p) for p in paths]
+            keep = [i for i, pr in enumerate(probes) if pr is not None]
             self.skipped = [paths[i] for i in sorted(set(range(len(paths))) - set(keep))]
-            paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
             if self.skipped:
                 shown = ", ".join(str(p) for p in self.skipped[:5])
                 log.warning("skipped %d unreadable image files (%s%s)", len(self.skipped), shown, " …" if len(self.skipped) > 5 else "")
+            _report_modes_and_sizes([probes[i] for i in keep], size)
+            paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
         if not paths:
             raise LayoutError("no readable images found")
         self.paths, self.size = paths, size
@@ -76,7 +80,7 @@ class ImageFiles:
             path = self.paths[(j + k) % len(self.paths)]
             try:
                 with Image.open(path) as im:
-                    img = TF.pil_to_tensor(im.convert(self.mode))
+                    img = to_uint8(im, self.mode)
                 break
             except (OSError, UnidentifiedImageError) as e:
                 warnings.warn(f"cannot decode {path} ({e}); using the next image instead", stacklevel=2)
@@ -85,13 +89,53 @@ class ImageFiles:
         return img
 
 
-def _readable(path: Path) -> bool:
+# Pillow modes of more than 8 bits per sample: (the value of full scale, its name).
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_uint8(im: Image.Image, mode: str) -> torch.Tensor:
+    """An opened image as uint8 [C, H, W] in ``mode`` ("L" or "RGB"), whatever mode the file holds:
+    16-bit grey (``I;16``, ``I``) is scaled from its 0–65535 range to 0–255 (Pillow's own conversion
+    to 8 bits clips, turning almost every pixel white); float images (``F``) are taken as 0–1 when
+    they lie there, else as 0–255; palettes with transparency go through RGBA; alpha is dropped, as
+    torchvision's ImageFolder does."""
+    if im.mode in WIDE_MODES or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        else:
+            a = a * (255.0 / WIDE_MODES[im.mode])
+        grey = torch.from_numpy(np.clip(np.rint(a), 0, 255).astype(np.uint8))[None]
+        return grey if mode == "L" else grey.expand(3, -1, -1).clone()
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return TF.pil_to_tensor(im.convert(mode))
+
+
+def _probe(path: Path) -> tuple[str, tuple[int, int]] | None:
+    """(mode, size) of a readable image file, None for an unreadable one (the header and a check)."""
     try:
         with Image.open(path) as im:
+            mode, size = im.mode, im.size
             im.verify()
-        return True
+        return mode, size
     except Exception:
-        return False
+        return None
+
+
+def _report_modes_and_sizes(probes: list[tuple[str, tuple[int, int]]], size: int | None) -> None:
+    """One warning for images that will be resized (with the sizes seen) and one for images of more
+    than 8 bits (with their count), so nothing changes silently."""
+    if size is not None:
+        other = Counter(s for _, s in probes if s != (size, size))
+        if other:
+            seen = ", ".join(f"{w}×{h} ({n})" for (w, h), n in other.most_common(5))
+            log.warning("%d of %d images are not %d×%d and are resized (shorter side to %d, centre crop); sizes seen: %s%s",
+                        sum(other.values()), len(probes), size, size, size, seen, ", …" if len(other) > 5 else "")
+    wide = Counter(m for m, _ in probes if m in WIDE_MODES or m == "F")
+    if wide:
+        log.warning("%d images have more than 8 bits per pixel (%s); they are scaled to 8 bits from their full range",
+                    sum(wide.values()), ", ".join(f"{m}: {n}" for m, n in wide.items()))
 
 
 def _images_in(folder: Path) -> list[Path]:
