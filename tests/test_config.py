@@ -49,7 +49,7 @@ def test_mixed_bits_and_rejected_bits(make_cfg):
 @pytest.mark.parametrize(
     "override,match",
     [
-        ("augment.pool=[minimal,nosuch]", "unknown augmentation 'nosuch'"),
+        ("augment.pool=[minimal,nosuch]", "augment.pool: 'nosuch' is not a DA"),
         ("metric.num_samples=5", "below the number of classes"),
         ("quantizer.first_last=int4", "first_last"),
         ("ckpt_path=/nonexistent.ckpt", "does not exist"),

@@ -28,14 +28,15 @@ def test_scoring_and_training_share_one_pipeline(make_cfg):
     dm = build.build_datamodule(cfg)
     dm.setup()
     for name in ("trivialaugment", "cutmix"):
-        scoring = dm.augment_loader(name, None, 32, seed=7)  # None: every training image, in order
+        scoring = dm.augment_loader(name, None, 32, seed=7)  # None: every training image, in the metric's order
+        assert torch.equal(torch.sort(scoring.dataset.indices).values, torch.sort(dm.train_idx).values)
         sx, sy = next(iter(scoring))
         order = scoring.sampler.order(0)[:32]
         assert [i for i, _ in order] == list(range(32))
         pipe = dm.train_loader(name).collate_fn
         assert type(pipe) is AugmentPipeline and pipe.name == name
-        samples = [(pipe.transform(dm.train_set.image(int(dm.train_idx[i])), s), int(dm.train_set.targets[dm.train_idx[i]]), s)
-                   for i, s in order]
+        idx = scoring.dataset.indices
+        samples = [(pipe.transform(dm.train_set.image(int(idx[i])), s), int(dm.train_set.targets[idx[i]]), s) for i, s in order]
         tx, ty = pipe.collate(samples)
         assert torch.equal(sx, tx) and torch.equal(sy, ty)
 
