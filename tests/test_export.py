@@ -2,11 +2,14 @@
 student (daqkd/export.py, Quantizer.grid in daqkd/quant/)."""
 import copy
 import json
+import math
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+import daqkd.export as exporting
 from daqkd import build, run
 from daqkd.export import ExportError, export, export_onnx, freeze, logits, onnx_session
 from daqkd.quant import Quantizer, calibrate, quantize_model
@@ -20,17 +23,7 @@ def test_images(session_cfg):
     return torch.cat([x for x, _ in dm.test_dataloader()])
 
 
-def assert_same_up_to_rounding(ref, out, gap, max_flipped, label):
-    """``out`` computes ``ref``'s function up to float rounding: the mean |Δlogit| stays under ``gap``
-    of the mean |logit|, and top-1 flips (at most ``max_flipped`` of the images) happen only at
-    near ties of this weak one-epoch teacher, a top-2 margin under 10 % of the mean |logit| (on a
-    trained Fashion-MNIST model, 99.9-100 % of the 10,000 test images agree)."""
-    scale = float(ref.abs().mean())
-    assert float((ref - out).abs().mean()) < gap * scale, label
-    flipped = ref.argmax(1) != out.argmax(1)
-    top2 = ref.topk(2, 1).values
-    assert float(flipped.float().mean()) <= max_flipped, (label, int(flipped.sum()))
-    assert bool(((top2[:, 0] - top2[:, 1])[flipped] < 0.1 * scale).all()), label
+U = 2.0**-24  # the unit roundoff of float32
 
 
 def student_of(teacher, factories, bits, batch):
@@ -40,7 +33,115 @@ def student_of(teacher, factories, bits, batch):
     return student.eval()
 
 
+def layer_inputs(model, names, images):
+    """The input of every named module of ``model`` on ``images``."""
+    got, hooks = {}, []
+    for name in names:
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(lambda m, a, name=name: got.__setitem__(name, a[0].detach())))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def assert_layers_agree(student, frozen, images, label):
+    """Every quantized layer of ``frozen`` computes its student layer (and the BatchNorm folded into
+    it) up to float rounding, with bounds derived for any summation order, so they hold on every CPU.
+
+    Each layer is fed the student's own input to it, so nothing propagates from earlier layers.
+    1. The activation integers: both sides quantize the same float x, by different formulas (the
+       student's clamp/scale/round, the frozen k = round(x/s + z)); the grid coordinate x/s + z they
+       round differs by a few units of roundoff of its size, so k may differ (by one step) only
+       where that coordinate is within 16·u·(|x/s| + |z| + 1) of a half-integer.
+    2. The layer output on the same quantized input: any order of summing n products has an error of
+       at most γ_n·Σ|x||w| (γ_n = n·u/(1 − n·u)); the student sums, then applies BatchNorm; the frozen
+       layer sums weights whose scales carry BatchNorm's factor f (rounded once more) and adds the
+       folded bias. Bound: 2·|f|·(2γ_n + 8u)·Σ|x||w| + 8u·(|μ·f| + |β| + |b·f| + |y|).
+    A zero point off by one step, a BatchNorm folded 10 % wrong, or a weight read in another layout
+    is off by orders of magnitude more."""
+    pairs = dict(exporting.conv_bn_pairs(student))
+    names = [n for n, m in student.named_modules() if isinstance(m, QuantLayerMixin)]
+    inputs = layer_inputs(student, names, images)
+    checked = 0
+    for name in names:
+        s_layer, f_layer, x = student.get_submodule(name), frozen.get_submodule(name), inputs[name]
+        with torch.no_grad():
+            xq_s = s_layer.act_quantizer(x) if s_layer.act_quantizer is not None else x
+            if f_layer.act is not None:
+                a = f_layer.act
+                xq_f = a(x)
+                coord = (x + a.in_scale * a.in_zero_rem) / a.in_scale + a.in_zero_int
+                near = ((coord - coord.floor()) - 0.5).abs() < 16 * U * (coord.abs() + 1)
+                # The integers behind both sides' values (each value is s_out·(k − z_out) up to its last bit).
+                k_s, k_f = (torch.round(v / a.out_scale + a.out_zero_int + a.out_zero_rem) for v in (xq_s, xq_f))
+                differ = k_s != k_f
+                assert bool((differ <= near).all()), (label, name, "activation integers differ away from a rounding tie",
+                                                      int((differ & ~near).sum()))
+                assert bool(((k_s - k_f).abs() <= 1).all()), (label, name, "more than one step")
+            # 2. the layer on the student's quantized input (its own quantizer bypassed)
+            w_s = s_layer.weight_quantizer(s_layer.weight) if s_layer.weight_quantizer is not None else s_layer.weight
+            if s_layer.output_scale is not None:
+                w_s = w_s * s_layer.output_scale
+            op = (lambda v, w: F.conv2d(v, w, None, f_layer.stride, f_layer.padding, f_layer.dilation, f_layer.groups)) \
+                if f_layer.kind == "conv" else (lambda v, w: F.linear(v, w))
+            z_s = op(xq_s, w_s) + (s_layer.bias.view(1, -1, *([1] * (xq_s.ndim - 2))) if s_layer.bias is not None else 0)
+            bn = student.get_submodule(pairs[name]) if name in pairs else None
+            y_s = bn(z_s) if bn is not None else z_s
+            y_f = op(xq_s, f_layer.weight()) + f_layer.bias.view(1, -1, *([1] * (xq_s.ndim - 2)))
+            mass = op(xq_s.abs().double(), w_s.abs().double())
+            n = w_s[0].numel()
+            gamma = n * U / (1 - n * U)
+            shape = (1, -1, *([1] * (xq_s.ndim - 2)))
+            if bn is not None:
+                f, _ = exporting.batchnorm_affine(bn)
+                f, mu, beta = f.double().view(shape), bn.running_mean.double().view(shape), bn.bias.double().view(shape)
+            else:
+                f, mu, beta = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+            b = s_layer.bias.double().view(shape) if s_layer.bias is not None else 0.0
+            bound = 2 * f.abs() * (2 * gamma + 8 * U) * mass + 8 * U * ((mu * f).abs() + beta.abs() + (b * f).abs() + y_s.double().abs())
+            gap = (y_s.double() - y_f.double()).abs()
+            assert bool((gap <= bound).all()), (label, name, float((gap / bound).max()))
+            checked += 1
+    assert checked == len(names) and checked > 10
+
+
+def dyadic(frozen):
+    """The frozen module with every number a dyadic rational of few bits: power-of-two scales,
+    zero-point remainders in quarters, biases and float weights on coarse binary grids. In such a
+    network every product and sum up to the average pool is exact in float32 (integers of at most 24
+    bits times powers of two), so any two correct implementations compute it bit for bit, in any
+    order, on any CPU. (Rounding ties become common, which also tests that both round half to even.)"""
+    from daqkd.export import FloatLayer, FrozenActivation, FrozenLayer
+
+    m = copy.deepcopy(frozen)
+    pow2 = lambda v: 2.0 ** round(math.log2(v))  # noqa: E731
+    grid = lambda t, step: torch.round(t / step) * step  # noqa: E731
+    for mod in m.modules():
+        if isinstance(mod, FrozenActivation):
+            mod.in_scale, mod.out_scale = pow2(mod.in_scale), pow2(mod.out_scale)
+            mod.in_zero_rem, mod.out_zero_rem = round(mod.in_zero_rem * 4) / 4, round(mod.out_zero_rem * 4) / 4
+        elif isinstance(mod, FrozenLayer):
+            with torch.no_grad():
+                if mod.quantized_weight:
+                    mod.weight_scale.copy_(2.0 ** torch.round(torch.log2(mod.weight_scale)))
+                    mod.weight_zero_rem = round(mod.weight_zero_rem * 4) / 4
+                    mod.weight_correction = torch.empty(0)
+                    mod._update_correction()
+                else:
+                    mod.weight_float.copy_(grid(mod.weight_float, 2.0**-7))
+                mod.bias.copy_(grid(mod.bias, 2.0**-8))
+        elif isinstance(mod, FloatLayer):
+            with torch.no_grad():
+                mod.layer.weight.copy_(grid(mod.layer.weight, 2.0**-7))
+                mod.layer.bias.copy_(grid(mod.layer.bias, 2.0**-8))
+    return m
+
+
 @pytest.mark.slow  # the fast_teacher fixture trains a teacher
+@pytest.mark.kernels
 @pytest.mark.parametrize("bits", [2, 8])
 def test_frozen_module_has_b_bit_integer_weights_and_agrees(fast_teacher, fmnist_batch, quantizer_factories, test_images, bits):
     for name, factories in quantizer_factories.items():
@@ -53,13 +154,36 @@ def test_frozen_module_has_b_bit_integer_weights_and_agrees(fast_teacher, fmnist
             assert k.dtype == torch.uint8 and int(k.max()) - int(k.min()) <= 2**bits - 1 and len(k.unique()) <= 2**bits
         # BatchNorm folded into the integer layers' scales: no BatchNorm left in ResNet-20.
         assert info["batchnorm_folded"] == 19 and not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+        assert_layers_agree(student, frozen, test_images[:128], (name, bits))
+        # The whole network: the per-layer checks prove each layer; this catches a wrong wiring of them
+        # (a BatchNorm folded into another conv gives outputs unrelated to the student's).
         with torch.no_grad():
             ref, out = student(test_images), frozen(test_images)
-        # BatchNorm folded into the scales sums in another order, so an activation near a rounding
-        # boundary can land one grid step over: measured mean |Δlogit| 0.02-0.4 % of the mean |logit|
-        # (2.5 % at 2 bits on another one-epoch teacher), 0-8 flips of 512, every one with a top-2
-        # margin under 2.5 %; a wrong fold or zero point gives tens of percent.
-        assert_same_up_to_rounding(ref, out, 0.03, 0.03, (name, bits))
+        assert float((ref.argmax(1) == out.argmax(1)).float().mean()) > 0.8, (name, bits)
+
+
+@pytest.mark.slow  # the fast_teacher fixture trains a teacher
+def test_a_wrong_fold_or_zero_point_fails_the_layer_check(fast_teacher, fmnist_batch, quantizer_factories, test_images):
+    """The per-layer check against the bugs it guards: a BatchNorm mean folded 10 % wrong, a weight
+    zero point one step off, an activation zero point one step off."""
+    student = student_of(fast_teacher, quantizer_factories["ewgs"], 2, fmnist_batch[0])
+    frozen, _ = freeze(student)
+    layer = frozen.layer2[0].conv1
+    for breaks in ("bias", "weight zero", "act zero"):
+        bad = copy.deepcopy(frozen)
+        target = bad.layer2[0].conv1
+        with torch.no_grad():
+            if breaks == "bias":
+                bn = student.layer2[0].bn1
+                f, _ = exporting.batchnorm_affine(bn)
+                target.bias.sub_(0.1 * bn.running_mean * f)
+            elif breaks == "weight zero":
+                target.weight_zero_int.add_(1)
+            else:
+                target.act.in_zero_int += 1
+        with pytest.raises(AssertionError):
+            assert_layers_agree(student, bad, test_images[:64], breaks)
+    assert layer is frozen.layer2[0].conv1
 
 
 @pytest.mark.slow  # the fast_teacher fixture trains a teacher
@@ -74,26 +198,48 @@ def test_frozen_weights_dequantize_to_the_trained_ones(fast_teacher, fmnist_batc
     assert torch.allclose(frozen.weight(), expected, atol=1e-6)
 
 
+def final_layer_bound(model, images):
+    """The float32 rounding the average pool and the last (float) layer may add, whatever the order:
+    (n + 2)·u·Σ|feature||w| per logit, with n the layer's fan-in (``dyadic``: nothing before is rounded)."""
+    last = model.fc
+    feats = layer_inputs(model, ["fc"], images)["fc"].double()
+    w = last.layer.weight.double() if hasattr(last, "layer") else last.weight().double()
+    n = w.shape[1]
+    return 4 * (n + 2) * U * (feats.abs() @ w.abs().T)
+
+
 @pytest.mark.slow  # the fast_teacher fixture trains a teacher
-@pytest.mark.parametrize("name,bits", [("ewgs", 2), ("lsq", 8), ("pact", 4)])
-def test_onnx_passes_the_checker_and_agrees_in_onnx_runtime(fast_teacher, fmnist_batch, quantizer_factories, test_images,
-                                                            tmp_path, name, bits):
+@pytest.mark.kernels
+@pytest.mark.parametrize("name,bits", [("ewgs", 2), ("lsq", 4), ("pact", 4), ("dorefa", 2)])
+def test_onnx_passes_the_checker_and_computes_the_frozen_module_exactly(fast_teacher, fmnist_batch, quantizer_factories,
+                                                                       test_images, tmp_path, name, bits):
     import onnx
 
     frozen, _ = freeze(student_of(fast_teacher, quantizer_factories[name], bits, fmnist_batch[0]))
-    path = export_onnx(frozen, tmp_path / "s.onnx", (1, 28, 28))
+    exact = dyadic(frozen)
+    path = export_onnx(exact, tmp_path / "s.onnx", (1, 28, 28))
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == 18 and ops.count("DequantizeLinear") == 36  # activations; and weights from integers
     int_weights = [t for t in model.graph.initializer if t.name.endswith("weight_int")]
     assert int_weights and all(t.data_type == onnx.TensorProto.UINT8 for t in int_weights)
-    loader = [(test_images[i:i + 128], None) for i in range(0, len(test_images), 128)]
-    # The same integer graph: ORT's float sums differ from torch's in the last bits, which moves an
-    # activation across a rounding boundary now and then (one grid step). Measured on one-epoch
-    # teachers: mean |Δlogit| 0.5e-4 to 7e-4 of the mean |logit|, 0-3 flips of 512; a shifted zero
-    # point or another rounding rule moves every activation and is far above the bound.
-    assert_same_up_to_rounding(logits(frozen, loader), logits(onnx_session(path), loader), 3e-3, 0.02, (name, bits))
+    images = torch.round(test_images[:256] * 64) / 64  # dyadic inputs too
+    loader = [(images[i:i + 128], None) for i in range(0, len(images), 128)]
+    ref, out = logits(exact, loader), logits(onnx_session(path), loader)
+    # Exact up to the average pool (dyadic), so the only gap is the pool's and the last layer's rounding.
+    assert bool(((ref.double() - out.double()).abs() <= final_layer_bound(exact, images)).all()), (name, bits)
+    assert float(ref.std(0).mean()) > 0.1  # a network that tells images apart, not a constant
+    # The same check fails on a zero point one step off in the ONNX graph.
+    for init in model.graph.initializer:
+        if init.name.endswith("weight_zero_int"):
+            arr = onnx.numpy_helper.to_array(init).copy()
+            arr[:] = (arr.astype(int) + 1).clip(0, 255).astype(arr.dtype)
+            init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+            break
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    bad = logits(onnx_session(tmp_path / "bad.onnx"), loader)
+    assert not bool(((ref.double() - bad.double()).abs() <= final_layer_bound(exact, images)).all())
 
 
 @pytest.mark.slow  # trains a student
@@ -101,8 +247,10 @@ def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path):
     out = tmp_path / "run"
     run.train(make_cfg(f"paths.output_dir={out}", "augment=minimal", "bits=4"))
     report = export(out, test_subset=256)
-    # 256 images of a briefly trained student: room for a near tie or two, as above.
-    assert report["agreement_frozen"] >= 0.98 and report["agreement_onnx"] >= 0.98
+    # The plumbing of a run folder's export. Fidelity is proven layer by layer and exactly elsewhere
+    # (assert_layers_agree, the dyadic ONNX test); on a briefly trained student, float rounding moves
+    # a few near ties whichever way the CPU sums, so agreement is only required to be high.
+    assert report["agreement_frozen"] >= 0.9 and report["agreement_onnx"] >= 0.9
     assert (out / "export" / "student.onnx").is_file() and (out / "export" / "student_int.pt").is_file()
     assert json.loads((out / "export" / "export.json").read_text())["bits_w"] == 4
     frozen = torch.load(out / "export" / "student_int.pt", weights_only=False)
