@@ -1,7 +1,7 @@
 """Entry point: ``python -m daqkd.run [group=option ...] [key=value ...]``.
 
 config → datamodule and teacher → student built from the teacher and calibrated → the DA metric
-callback picks and installs the DA → QAT+KD fit → test → results.json (METHOD.md; README for the
+callback picks and installs the DA → QAT+KD fit → test → results.json (docs/METHOD.md; README for the
 commands). The builders live in daqkd.build; this module only wires them in order.
 """
 from __future__ import annotations

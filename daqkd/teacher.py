@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    """FP training: SGD with momentum, a per-step cosine schedule, CE (METHOD.md §3).
+    """FP training: SGD with momentum, a per-step cosine schedule, CE (docs/METHOD.md §5).
     The values come from conf/teacher/ (tuned per data set in conf/dataset/); there are no defaults here."""
 
     max_epochs: int

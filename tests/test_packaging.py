@@ -54,3 +54,21 @@ def test_no_source_file_is_git_ignored():
     probe = subprocess.run(["git", "check-ignore", "--stdin"], cwd=REPO, capture_output=True, text=True,
                            input="\n".join(str(p.relative_to(REPO)) for p in files))
     assert probe.stdout.strip() == "", f"git ignores these project files:\n{probe.stdout}"
+
+
+def test_the_repository_points_at_its_own_method_document():
+    """docs/METHOD.md exists, its sections are the ones the code cites, and nothing points outside the
+    repository (a clone has no ../shared)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    method = (root / "docs" / "METHOD.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\.", method, flags=re.M))
+    files = [*root.joinpath("daqkd").rglob("*.py"), *root.joinpath("conf").rglob("*.yaml"), root / "README.md", root / "Makefile"]
+    for f in files:
+        text = f.read_text()
+        assert "shared/spec" not in text and "../shared" not in text, f
+        for sec in re.findall(r"METHOD\.md §(\d+)", text):
+            assert sec in sections, (f, sec)
+        assert not re.search(r"(?<![/\w])METHOD\.md", text), f  # always docs/METHOD.md

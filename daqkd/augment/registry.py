@@ -1,4 +1,4 @@
-"""The candidate data augmentations (METHOD.md §2): a registry of per-image and per-batch DAs.
+"""The candidate data augmentations (docs/METHOD.md §2): a registry of per-image and per-batch DAs.
 
 A DA is looked up by name in a registry. Per-image DAs act on uint8 tensors [C, H, W] inside
 DataLoader workers, after the base pipeline (random crop with padding, horizontal flip) and before

@@ -1,4 +1,4 @@
-"""Knowledge distillation (METHOD.md §3): the Distiller (the QAT+KD objective and its hooks) plus
+"""Knowledge distillation (docs/METHOD.md §4): the Distiller (the QAT+KD objective and its hooks) plus
 one KD method per file, each a small ``KDMethod`` called on a ``KDBatch`` (see kd/taps.py)."""
 from daqkd.kd.at import AttentionTransfer
 from daqkd.kd.cc import CorrelationCongruence

@@ -1,4 +1,4 @@
-"""The Distiller: the QAT+KD objective of METHOD.md §3, with its optional KD method and that
+"""The Distiller: the QAT+KD objective of docs/METHOD.md §4, with its optional KD method and that
 method's hooks, in one module.
 
     L = γ·CE(z_s, y) + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + β·L_method

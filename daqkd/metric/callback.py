@@ -28,7 +28,7 @@ class DAMetricCallback(L.Callback):
     """Decides the training DA in ``setup("fit")`` and installs it in the datamodule:
 
     - resuming (``resume_from`` is the checkpoint): the DA saved in it, without scoring again;
-    - otherwise every candidate is scored with the teacher (M = DEV − CMI, METHOD.md §1, and the
+    - otherwise every candidate is scored with the teacher (M = DEV − CMI, docs/METHOD.md §1, and the
       baseline selectors, from the same passes) and, with ``score_student``, with the calibrated student (``student_m``), the
       ranking is logged, and the DA is ``fixed`` when given, else the argmin of ``selector``.
 

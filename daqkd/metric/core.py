@@ -1,4 +1,4 @@
-"""The DA metric M = DEV − CMI (Kur & Zhao, arXiv 2509.03850; METHOD.md §1), as plain torch.
+"""The DA metric M = DEV − CMI (Kur & Zhao, arXiv 2509.03850; docs/METHOD.md §1), as plain torch.
 
 Shapes: ``probs`` [N, C] are teacher softmax outputs; ``targets`` are integer labels [N] or soft
 labels [N, C] (rows summing to 1, as CutMix/MixUp produce); prototypes ``Q`` are [C, C] with row y
@@ -60,7 +60,7 @@ def cmi_sum(probs: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor
 
 
 def contextual_mutual_information(probs: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """CMI_emp = (1/N) Σ_i KL(p_i ‖ c_i) (METHOD.md §1, pass 2)."""
+    """CMI_emp = (1/N) Σ_i KL(p_i ‖ c_i) (docs/METHOD.md §1, pass 2)."""
     return (cmi_sum(probs, targets, prototypes) / len(probs)).to(probs.dtype)
 
 
@@ -80,7 +80,7 @@ def metric_score(probs_pass1, probs_pass2, targets1, targets2, num_classes: int)
 
 
 def variance_score(probs: torch.Tensor, group_size: int = 5) -> torch.Tensor:
-    """The "variance" baseline selector (Wang et al., NeurIPS 2022; METHOD.md §1).
+    """The "variance" baseline selector (Wang et al., NeurIPS 2022; docs/METHOD.md §1).
 
     Consecutive groups of ``group_size`` softmax outputs are averaged; the std across groups is
     taken per class and averaged over classes. A trailing partial group is dropped.

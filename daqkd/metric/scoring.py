@@ -2,8 +2,8 @@
 over the same images per candidate give every selector at once (plain torch, no Lightning).
 
 Selectors, each "lower is predicted better" (SELECTORS):
-    m            M = DEV − CMI (Kur & Zhao; METHOD.md §1), the default
-    variance     the baseline of Wang et al. (METHOD.md §1): std across groups of 5 outputs
+    m            M = DEV − CMI (Kur & Zhao; docs/METHOD.md §1), the default
+    variance     the baseline of Wang et al. (docs/METHOD.md §1): std across groups of 5 outputs
     cmi          −CMI alone
     ce_cmi       CE − CMI, the reference code's score: the teacher's mean cross-entropy on the
                  augmented images (pass 2) minus CMI (docs/METHOD.md §1)
@@ -216,7 +216,7 @@ def true_classes(loader) -> torch.Tensor | None:
 
 def score_augmentation(name: str, teacher: nn.Module, loader: Iterable, num_classes: int, device="cpu",
                        student: nn.Module | None = None, seed: int = 0) -> AugmentScore:
-    """Score one DA: pass 1 builds the prototypes, pass 2 (fresh draws) the CMI (METHOD.md §1);
+    """Score one DA: pass 1 builds the prototypes, pass 2 (fresh draws) the CMI (docs/METHOD.md §1);
     every other selector comes from the same two passes. Networks run in eval mode, then restored."""
     start = time.perf_counter()
     nets = [teacher] if student is None else [teacher, student]

@@ -1,4 +1,4 @@
-"""Quantizers, quantized layers and model conversion (METHOD.md §3)."""
+"""Quantizers, quantized layers and model conversion (docs/METHOD.md §3)."""
 from daqkd.quant.base import (
     ALLOWED_BITS,
     Grid,

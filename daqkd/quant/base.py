@@ -47,7 +47,7 @@ class Quantizer(nn.Module):
 
     ``bits``: bit width; ``role``: "weight" or "activation"; ``signed``: whether the input takes
     negative values. Weights are signed. For an activation, ``signed`` is only the first guess:
-    ``calibrate`` decides it from what the calibration batch holds (METHOD.md §3, signed
+    ``calibrate`` decides it from what the calibration batch holds (docs/METHOD.md §3, signed
     activations): an input with any negative value is signed, so a quantizer never silently clips
     negatives to 0 (which would insert a ReLU, e.g. after MobileNetV2's linear bottlenecks).
     Subclasses implement ``forward`` and, when they learn from data, ``initialize``.
@@ -298,7 +298,7 @@ def _swap(model: nn.Module, name: str, m: nn.Module, wq, aq, output_scale: bool)
 
 @torch.no_grad()
 def calibrate(model: nn.Module, images: torch.Tensor) -> None:
-    """Initialise every quantizer and output scale from one batch (METHOD.md §3 initialisation)."""
+    """Initialise every quantizer and output scale from one batch (docs/METHOD.md §3, calibration)."""
     layers = [m for _, m in quant_layers(model)]
     try:
         with eval_mode(model):

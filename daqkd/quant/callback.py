@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class EWGSDeltaCallback(L.Callback):
-    """Re-estimate every Hessian-mode EWGS δ (METHOD.md §3) at the start of a training epoch, from
+    """Re-estimate every Hessian-mode EWGS δ (docs/METHOD.md §3) at the start of a training epoch, from
     the epoch's first ``num_batches`` training batches (made in process, exactly as the loader draws
     them) and ``probes`` Rademacher vectors each, with the module's own training loss.
 

@@ -1,5 +1,5 @@
 """DoReFa-Net (Zhou et al., "DoReFa-Net: Training Low Bitwidth Convolutional Neural Networks with
-Low Bitwidth Gradients", arXiv 1606.06160; METHOD.md §3). No learnable parameters; STE.
+Low Bitwidth Gradients", arXiv 1606.06160; docs/METHOD.md §3). No learnable parameters; STE.
 
     quantize_k(r) = round((2^k − 1)·r) / (2^k − 1)               (straight-through)
     weights:      w_q = 2·quantize_k(tanh(w) / (2·max|tanh w|) + 1/2) − 1     ∈ [−1, 1]

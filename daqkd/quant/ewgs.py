@@ -1,5 +1,5 @@
 """EWGS: Element-Wise Gradient Scaling (Lee, Kim & Ham, "Network Quantization with Element-wise
-Gradient Scaling", CVPR 2021; METHOD.md §3).
+Gradient Scaling", CVPR 2021; docs/METHOD.md §3).
 
 Forward: x_n = clamp((x − l)/(u − l), 0, 1), x_q = round(x_n·(2^b − 1))/(2^b − 1); weights map to
 2·x_q − 1, activations stay x_q. Backward through the rounding: g_n = g·(1 + δ·sign(g)·(x_n − x_q)).

@@ -1,4 +1,4 @@
-"""LSQ: Learned Step Size Quantization (Esser et al., ICLR 2020; METHOD.md §3).
+"""LSQ: Learned Step Size Quantization (Esser et al., ICLR 2020; docs/METHOD.md §3).
 
     v̂ = round(clamp(v/s, −Q_n, Q_p))·s
 Signed tensors (weights): Q_n = 2^(b−1), Q_p = 2^(b−1) − 1; unsigned (post-ReLU): Q_n = 0, Q_p = 2^b − 1.

@@ -1,10 +1,10 @@
-"""PACT: Parameterized Clipping Activation (Choi et al., arXiv 1805.06085; METHOD.md §3).
+"""PACT: Parameterized Clipping Activation (Choi et al., arXiv 1805.06085; docs/METHOD.md §3).
 
 Activations are clipped to [β, α] with a learnable α, then quantized uniformly:
     y = clamp(x, β, α),  y_q = round((y − β)·L/(α − β))·(α − β)/L + β,  L = 2^b − 1
 Straight-through: ∂y_q/∂x = 1 on β ≤ x < α, else 0; ∂y_q/∂α = 1 on x ≥ α, else 0, so α's gradient
 is the sum of the upstream gradient over x ≥ α (paper Eq. 3). α is an ordinary parameter and trains
-from the first step (the reference code froze it; METHOD.md §4.5).
+from the first step (the reference code froze it; docs/METHOD.md §6).
 Post-ReLU inputs keep β = 0, as in the paper. An input that calibration finds negative (the image,
 MobileNetV2's linear bottlenecks) gets a learnable lower clip β < 0 as well, as MQBench's PACT
 does: ∂y_q/∂β = 1 on x < β (the mirror of α's rule), so no negative value is silently clipped to 0.
