@@ -15,12 +15,14 @@ import lightning as L
 import torch
 import torch.nn as nn
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import _get_rank
 from omegaconf import DictConfig, OmegaConf
 
 from daqkd.data import ImageDataModule
 from daqkd.io import AtomicCheckpointIO
 from daqkd.kd import Distiller, feature_shapes
-from daqkd.metric.callback import DAMetricCallback
+from daqkd.metric.scoring import Selection
+from daqkd.metric.select import choose, restore, rule_from_config
 from daqkd.models import default_feature_layers
 from daqkd.module import QATKDModule
 from daqkd.quant import calibrate, quantize_model
@@ -162,22 +164,24 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(last)
 
 
-def build_selection(cfg: DictConfig, resume_from: str | None) -> DAMetricCallback:
-    """The callback that decides and installs the training DA (see daqkd.metric.callback)."""
+def build_selection(cfg: DictConfig, datamodule: ImageDataModule, teacher: nn.Module, student: nn.Module,
+                    resume_from: str | None) -> Selection | None:
+    """The DA the student trains with (docs/METHOD.md §1, daqkd.metric.select): the checkpoint's when
+    resuming; else the candidates are scored and the rule decides (``augment=auto``), or the fixed DA
+    is taken (and scored, with ``metric.score_fixed``). Only rank 0 decides; the other ranks of a
+    DDP run get None and DAMetricCallback broadcasts rank 0's decision to them."""
     aug, metric = cfg.augment, cfg.metric
-    auto = aug.name == "auto"
-    candidates = list(aug.pool) if auto else ([aug.name] if metric.score_fixed else [])
-    return DAMetricCallback(
-        candidates,
-        fixed=None if auto else aug.name,
-        num_samples=metric.num_samples,
-        batch_size=metric.batch_size,
-        seed=metric.seed,
-        selector=metric.selector,
-        output_dir=str(cfg.paths.output_dir),
-        resume_from=resume_from,
-        score_student=metric.score_student,
-    )
+    fixed = None if aug.name == "auto" else str(aug.name)
+    if resume_from is not None:
+        return restore(resume_from, fixed)
+    if (_get_rank() or 0) != 0:
+        return None
+    candidates = list(aug.pool) if fixed is None else ([fixed] if metric.score_fixed else [])
+    rule = rule_from_config(metric)
+    epochs = cfg.trainer.get("max_epochs")
+    scored_student = student if (metric.score_student or rule.needs_student(epochs)) else None
+    return choose(candidates, fixed, datamodule, teacher, scored_student, build_device(cfg), rule, epochs, metric.num_samples,
+                  metric.batch_size, metric.seed, str(cfg.paths.output_dir))
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

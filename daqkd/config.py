@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from daqkd.augment import available_augments, build_augmentation
 from daqkd.errors import ConfigError
 from daqkd.metric.scoring import SELECTORS
+from daqkd.metric.select import TIES
 from daqkd.quant import check_bits, check_first_last
 
 
@@ -140,6 +141,8 @@ NUMBERS: list[tuple[str, Callable[[Any], bool], str, str]] = [
     ("trainer.limit_test_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_test_batches=10"),
     ("metric.batch_size", _at_least(1), "an integer ≥ 1", "metric.batch_size=500"),
     ("metric.num_samples", lambda v: v is None or _is_int(v), "null or an integer", "metric.num_samples=2000"),
+    ("metric.long_epochs", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1", "metric.long_epochs=40"),
+    ("metric.tie_z", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "metric.tie_z=1.0"),
     ("quantizer.calibration_size", _at_least(1), "an integer ≥ 1", "quantizer.calibration_size=256"),
     ("quantizer.weight.delta", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "quantizer.weight.delta=1e-3"),
     ("quantizer.callback.num_batches", _at_least(1), "an integer ≥ 1", "quantizer.callback.num_batches=3"),
@@ -301,11 +304,15 @@ def validate_config(cfg: DictConfig) -> None:
             f"metric.num_samples={n} is below the number of classes ({cfg.dataset.num_classes}); every class "
             "needs samples for its prototype. Use at least 10 per class, e.g. metric.num_samples=2000, or null for the whole training split."
         )
-    if cfg.metric.selector not in SELECTORS:
-        raise ConfigError(f"metric.selector={cfg.metric.selector} is not a selector; choose one of {', '.join(SELECTORS)}, e.g. metric.selector=m")
+    m = cfg.metric
+    for key, allowed in (("selector", ["auto", *SELECTORS]), ("short", list(SELECTORS)), ("long", list(SELECTORS)), ("tie", list(TIES))):
+        if m.get(key) not in allowed:
+            raise ConfigError(f"metric.{key}={m.get(key)} is not allowed; choose one of {', '.join(allowed)}, e.g. metric.{key}={allowed[0]}")
     full_precision = cfg.quantizer.get("weight") is None and cfg.quantizer.get("activation") is None
-    if cfg.metric.selector == "student_m" and full_precision:
-        raise ConfigError(f"metric.selector=student_m scores the DAs with the quantized student, but quantizer={cfg.quantizer.name} "
+    used = {m.selector} if m.selector != "auto" else {m.short, m.long}
+    if "student_m" in used and full_precision:
+        key = "metric.selector" if m.selector == "student_m" else ("metric.short" if m.short == "student_m" else "metric.long")
+        raise ConfigError(f"{key}=student_m scores the DAs with the quantized student, but quantizer={cfg.quantizer.name} "
                           "quantizes nothing (its M equals the teacher's); choose metric.selector=m, or a quantizer such as quantizer=ewgs")
     if cfg.dataset.datamodule.batch_size < 2:
         raise ConfigError(f"dataset.datamodule.batch_size={cfg.dataset.datamodule.batch_size} is too small: training needs at least 2 "

@@ -33,7 +33,7 @@ import math
 import random
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from typing import Any
 from daqkd.augment.registry import PAPER_POOL
 from daqkd.errors import DaqkdError, reported_as_one_line
 from daqkd.metric.scoring import SELECTORS, AugmentScore, pick, selector_value
+from daqkd.metric.select import Rule, decide
 
 # Short names for the fields people group by; anything else is a dotted path into results.json.
 FIELDS: dict[str, Callable[[dict], Any]] = {
@@ -260,6 +261,31 @@ class Setting:
         return {"selector": selector, "rho": rho, "lo": lo, "hi": hi, "pick": picked, "rank": by_acc.index(picked) + 1,
                 "of": len(das), "regret": self.mean_acc(best) - self.mean_acc(picked)}
 
+    def rule_row(self, rule: Rule | None = None) -> dict | None:
+        """What ``augment=auto`` with ``rule`` (default: the shipped one) would have trained: seed by
+        seed, the rule's pick from that seed's scores, and that DA's accuracy with that seed."""
+        rule = rule or Rule()
+        das = [d for d in self.pool if self.scores[d]]
+        seeds = sorted(s for s in set().union(*(self.acc[d].keys() for d in das))
+                       if all(s in self.scores[d] and s in self.acc[d] for d in das)) if das else []
+        if len(das) < 2 or not seeds:
+            return None
+        epochs = self.epochs if isinstance(self.epochs, int) else None
+        try:
+            picks = {s: decide([self.scores[d][s] for d in das], rule, epochs) for s in seeds}
+        except ValueError:  # a selector the runs did not record (student_m without a student)
+            return None
+        accs = [self.acc[picks[s].selected][s] for s in seeds]
+        best = max(das, key=lambda d: self.mean_acc(d, seeds))
+        acc = statistics.mean(accs)
+        minimal = self.mean_acc("minimal", seeds) if "minimal" in das else math.nan
+        # The standard error of (auto − minimal) over seeds: the paired per-seed differences.
+        diffs = [self.acc[picks[s].selected][s] - self.acc["minimal"][s] for s in seeds] if "minimal" in das else []
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+        return {"selector": picks[seeds[0]].selector, "picks": dict(Counter(p.selected for p in picks.values())), "acc": acc,
+                "minimal": minimal, "vs_minimal": acc - minimal, "vs_minimal_se": se, "best": best,
+                "regret": self.mean_acc(best, seeds) - acc, "seeds": len(seeds)}
+
     def spreads(self) -> tuple[float, float]:
         """(mean std across seeds within a DA, std across the DAs' mean accuracies)."""
         within = [statistics.stdev(v.values()) for v in self.acc.values() if len(v) > 1]
@@ -318,6 +344,13 @@ def setting_markdown(st: Setting) -> tuple[str, list[dict]]:
                   + ("." if within < between else ": at this budget the DAs cannot be told apart."), ""]
     elif st.das:
         lines += ["Spreads left out: they need at least two seeds of a DA and at least two DAs.", ""]
+    auto = st.rule_row()
+    if auto:
+        picks = ", ".join(f"{d} ×{n}" for d, n in auto["picks"].items())
+        lines += [f"augment=auto with the shipped rule ({auto['selector']} at this budget; seed by seed): picks {picks}; "
+                  f"{auto['acc']:.2f} % against minimal's {auto['minimal']:.2f} % ({auto['vs_minimal']:+.2f} ± "
+                  f"{auto['vs_minimal_se']:.2f}, paired over {auto['seeds']} seeds) and the best fixed DA's ({auto['best']}) regret "
+                  f"{auto['regret']:.2f} points.", ""]
     if st.auto:
         accs = [100 * r["student"]["test_acc"] for r in st.auto]
         picks = ", ".join(sorted({r["selected_augment"] for r in st.auto}))
@@ -369,7 +402,12 @@ def budget_markdown(family: list[Setting]) -> tuple[str, list[dict]]:
             cells.append(f"{r['rho']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] · {r['regret']:.2f} ({r['pick']})" if r else "–")
         if any(c != "–" for c in cells):
             lines.append(f"| {sel} | " + " | ".join(cells) + " |")
-    lines.append("")
+    cells = []
+    for st in family:
+        a = st.rule_row()
+        cells.append(f"{a['acc']:.2f} ({a['vs_minimal']:+.2f} ± {a['vs_minimal_se']:.2f} vs minimal) · {a['regret']:.2f} "
+                     f"({', '.join(a['picks'])})" if a else "–")
+    lines += ["| **augment=auto** (shipped rule): accuracy (vs minimal, paired) · regret (picks) | " + " | ".join(cells) + " |", ""]
     spread = []
     for st in family:
         within, between = st.spreads()

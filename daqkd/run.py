@@ -36,6 +36,7 @@ from daqkd.build import (
 from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
 from daqkd.errors import ConfigError, Preempted, reported_as_one_line
 from daqkd.io import CheckpointOnSigterm, atomic_write_json
+from daqkd.metric.callback import DAMetricCallback
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
 from daqkd.rundir import relaunch, resume_or_start
@@ -70,22 +71,26 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     # Resuming restores the learned quantizer state from the checkpoint: no calibration.
     student = build_student(cfg, teacher.model, datamodule if resume_from is None else None)
     module = build_module(cfg, student, teacher.model, datamodule)
-    selector = build_selection(cfg, resume_from)
+
+    # Select: score the candidate DAs with the teacher (and the calibrated student) and decide which
+    # one the student trains with; a resumed run keeps its checkpoint's.
+    clock = time.perf_counter()
+    selection = build_selection(cfg, datamodule, teacher.model, student, resume_from)
+    seconds["scoring"] = time.perf_counter() - clock
+
+    # Fit: DAMetricCallback installs the DA (rank 0's, broadcast) before Lightning builds a loader.
+    selector = DAMetricCallback(selection)
     preemption = CheckpointOnSigterm(cfg.callbacks.model_checkpoint.dirpath)
     trainer = build_trainer(cfg, [selector, preemption, *build_callbacks(cfg), *extra_callbacks])
-
     clock = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     except SIGTERMException:
         raise Preempted(
             f"received SIGTERM; saved {preemption.saved} and stopped. Resume with "
-            f"python -m daqkd.run <the same overrides> hydra.run.dir={output_dir} ckpt_path=last"
+            f"python -m daqkd.run hydra.run.dir={output_dir} ckpt_path=last"
         ) from None
-    if selector.selection is None:  # ddp_spawn: decided in the worker processes, saved in the checkpoint
-        selector.recover(trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
-    seconds["scoring"] = selector.seconds
-    seconds["fit"] = time.perf_counter() - clock - selector.seconds
+    seconds["fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
@@ -96,6 +101,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     results = {
         "status": "ok",
         "selected_augment": selection.selected,
+        "selection_how": selection.how,
         "augment_scores": [s.as_dict() for s in selection.scores],
         "teacher": {"ckpt": teacher.ckpt, "sha256": sha256_file(teacher.ckpt), "test_acc": teacher.test_acc, "source": teacher.source,
                     "augment": cfg.teacher.augment},

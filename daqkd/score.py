@@ -23,7 +23,8 @@ from daqkd.build import build_datamodule, build_device, build_student, build_tea
 from daqkd.config import config_dir, normalize_overrides, validate_config
 from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
-from daqkd.metric import AugmentScore, format_ranking, score_augmentations, select_augmentation
+from daqkd.metric import AugmentScore, format_ranking, score_augmentations
+from daqkd.metric.select import decide, rule_from_config
 
 log = logging.getLogger("daqkd")
 
@@ -42,21 +43,24 @@ def score(cfg: DictConfig) -> dict:
     m, device = cfg.metric, build_device(cfg)
     scores = score_augmentations(teacher.model.to(device), datamodule, candidates, m.num_samples, m.batch_size, m.seed,
                                  device, student.to(device))
-    best = select_augmentation(scores, m.selector)
-    print(format_ranking(scores, best, m.selector))
+    rule = rule_from_config(m)
+    decision = decide(scores, rule, cfg.trainer.get("max_epochs"))
+    best = decision.selected
+    print(format_ranking(scores, best, decision.selector, decision.tied, decision.how))
     with open(output_dir / "scores.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(AugmentScore)])
         writer.writeheader()
         writer.writerows(s.as_dict() for s in scores)
     result = {
-        "selector": m.selector,
+        "selector": decision.selector,
         "best": best,
+        "how": decision.how,
         "scores": [s.as_dict() for s in scores],
         "teacher": {"ckpt": teacher.ckpt, "test_acc": teacher.test_acc, "source": teacher.source},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     atomic_write_json(output_dir / "scores.json", result)
-    log.info("Scored %d DAs; best by %s: %s | %s", len(scores), m.selector, best, output_dir / "scores.json")
+    log.info("Scored %d DAs; best by %s: %s | %s", len(scores), decision.selector, best, output_dir / "scores.json")
     return result
 
 

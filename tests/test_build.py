@@ -30,8 +30,7 @@ def test_defaults_build_the_documented_run(make_cfg):
     with torch.no_grad():
         zt = teacher(x)
     assert torch.allclose(total, torch.nn.functional.cross_entropy(zs, y) + 2 * kd_kl(zs, zt, 4.0))
-    cb = build.build_selection(cfg, None)
-    assert cb.candidates == list(PAPER_POOL) and cb.fixed is None
+    assert list(cfg.augment.pool) == list(PAPER_POOL) and cfg.augment.name == "auto"
 
 def test_teacher_and_optim_recipes_follow_the_dataset(make_cfg):
     cfg = make_cfg("dataset=cifar100", "model=resnet20", "optim.scheduler=null", fast=False)

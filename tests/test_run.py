@@ -67,10 +67,10 @@ def test_fixed_da_reaches_the_first_training_batch(make_cfg, augment):
 
 def test_auto_trains_with_the_candidate_that_wins(make_cfg):
     # Rigged: random_erasing here blanks almost the whole image, so the teacher's predictions carry
-    # no class information and its M is far above TrivialAugment's.
+    # no class information and its M is above TrivialAugment's (M picks, argmin: metric.selector=m metric.tie=first).
     cfg = make_cfg(
         "augment.pool=[random_erasing,trivialaugment]", "+augment.params.random_erasing={p: 1.0, scale: [0.97, 0.99], ratio: [0.9, 1.1]}",
-        "teacher.max_epochs=2", *SHORT,
+        "teacher.max_epochs=2", "metric.selector=m", "metric.tie=first", *SHORT,
     )
     rec = FirstBatches()
     results = run.train(cfg, extra_callbacks=[rec])
@@ -92,7 +92,7 @@ def test_resumed_run_trains_with_the_saved_da_without_rescoring(make_cfg, tmp_pa
         run.train(make_cfg(*over), extra_callbacks=[CrashInSecondEpoch()])
     assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
 
-    monkeypatch.setattr("daqkd.metric.callback.score_augmentations", lambda *a, **k: pytest.fail("re-scored on resume"))
+    monkeypatch.setattr("daqkd.metric.select.score_augmentations", lambda *a, **k: pytest.fail("re-scored on resume"))
     # A different augment= cannot change what the checkpoint trained with: it is refused.
     with pytest.raises(RuntimeError, match="keeps its DA"):
         run.train(make_cfg(*over[1:], "augment=minimal", "ckpt_path=last"))
@@ -224,7 +224,7 @@ def test_resume_restores_quantizer_state_without_recalibrating(make_cfg, tmp_pat
     saved_upper = float(saved["state_dict"]["student.layer2.0.conv1.act_quantizer.upper"])
 
     monkeypatch.setattr("daqkd.build.calibrate", lambda *a: pytest.fail("re-calibrated on resume"))
-    monkeypatch.setattr("daqkd.metric.callback.score_augmentations", lambda *a, **k: pytest.fail("re-scored on resume"))
+    monkeypatch.setattr("daqkd.metric.select.score_augmentations", lambda *a, **k: pytest.fail("re-scored on resume"))
     probe = QuantizerStateAtStart()
     results = run.train(make_cfg(*over, "ckpt_path=last"), extra_callbacks=[probe])
     epoch, upper, delta = probe.seen

@@ -18,7 +18,11 @@ def test_score_ranks_the_pool_and_writes_its_files(make_cfg, tmp_path, monkeypat
     out = tmp_path / "out"
     on_disk = json.loads((out / "scores.json").read_text())
     assert [s["name"] for s in on_disk["scores"]] == ["minimal", "cutmix", "trivialaugment"]
-    assert on_disk["best"] == min(on_disk["scores"], key=lambda s: s["m"])["name"] == result["best"]
+    from daqkd.metric.scoring import AugmentScore
+    from daqkd.metric.select import Rule, decide
+
+    decision = decide([AugmentScore.from_dict(s) for s in on_disk["scores"]], Rule(), 1)  # the shipped rule at 1 epoch
+    assert on_disk["best"] == decision.selected == result["best"] and on_disk["how"] == decision.how
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 3 and {"m", "m_se", "variance", "student_m", "teacher_acc"} <= set(rows[0])
     assert all(float(r["m_se"]) > 0 and float(r["num_samples"]) == 100 for r in rows)
@@ -29,9 +33,9 @@ def test_score_ranks_the_pool_and_writes_its_files(make_cfg, tmp_path, monkeypat
 def test_a_real_tiny_grid_end_to_end(tmp_path):
     env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
 
-    def cli(module, *args):
+    def cli(module, *args, code=0):
         p = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
+        assert p.returncode == code, p.stderr[-3000:]
         return p
 
     fast = ["debug=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64"]
@@ -40,12 +44,12 @@ def test_a_real_tiny_grid_end_to_end(tmp_path):
     # 3 DAs × 1 seed, plus a batch size of 0 that fails in each of its 3 jobs: the sweep goes on.
     cli("daqkd.run", "experiment=grid_fashion_mnist_da", *fast, "hydra.sweeper.params.augment='minimal,cutmix,auto'",
         "hydra.sweeper.params.seed=0", "augment.pool=[minimal,cutmix,trivialaugment]",
-        "dataset.datamodule.batch_size=64,0", f"hydra.sweep.dir={tmp_path}/sweep")
+        "dataset.datamodule.batch_size=64,0", f"hydra.sweep.dir={tmp_path}/sweep", code=1)  # the sweep says 3 jobs failed
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/results.json"))]
     assert len(results) == 6
     failed = [r for r in results if r["status"] == "failed"]
     assert len(failed) == 3 and all("batch_size" in r["error"] for r in failed)
     assert len(list((tmp_path / ".cache" / "teachers").glob("*.pt"))) == 1  # one teacher for the seed, reused
     report = cli("daqkd.report", str(tmp_path / "sweep"))
-    assert "3 runs, 3 failed and left out" in report.stdout and "auto (" in report.stdout
+    assert "3 runs in 1 setting, 3 failed and left out" in report.stdout and "auto (" in report.stdout
     assert (tmp_path / "sweep" / "scatter.png").is_file()

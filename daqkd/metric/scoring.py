@@ -303,15 +303,25 @@ def select_augmentation(scores: Sequence[AugmentScore], selector: str = "m") -> 
     return pick([(s.name, v) for s, v in zip(scores, values)])
 
 
-def format_ranking(scores: list[AugmentScore], selected: str | None = None, selector: str = "m") -> str:
-    """A plain-text table of candidates, best first by ``selector``, each score with its standard error."""
-    head = (f"{'rank':>4}  {'augment':<24} {'M ± se':>16} {'DEV':>7} {'CMI':>7} {'variance':>9} {'entropy':>8} "
-            f"{'CE-CMI':>7} {'T-acc':>6} {'student M':>10} {'n':>6} {'sec':>5}")
-    lines = [f"(ranked by {selector}; lower is predicted better)", head, "-" * len(head)]
+def format_ranking(scores: list[AugmentScore], selected: str | None = None, selector: str = "m", tied: Sequence[str] = (),
+                   how: str | None = None) -> str:
+    """A plain-text table of candidates, best first by ``selector``, each score with its standard error;
+    ``tied`` candidates (those that cannot be told apart from the leader) are marked, and ``how``
+    says which rule decided."""
+    head = (f"{'rank':>4}  {'augment':<24} {'M ± se':>16} {'CE-CMI ± se':>16} {'DEV':>7} {'CMI':>7} {'variance':>9} {'entropy':>8} "
+            f"{'T-acc':>6} {'T-CE':>6} {'student M':>10} {'n':>6} {'sec':>5}")
+    lines = [f"(ranked by {selector}; lower is predicted better; = marks candidates within the tie bound of the leader)", head,
+             "-" * len(head)]
     for r, s in enumerate(sorted(scores, key=lambda s: selector_value(s, selector)), 1):
-        mark = "  <- selected" if s.name == selected else ""
+        mark = ("  <- selected" if s.name == selected else "")
+        tie = "=" if s.name in tied and len(tied) > 1 else " "
         lines.append(
-            f"{r:>4}  {s.name:<24} {s.m:>8.4f} ± {s.m_se:<5.4f} {s.dev:>7.4f} {s.cmi:>7.4f} {s.variance:>9.4f} {s.entropy:>8.4f} "
-            f"{s.ce_cmi:>7.4f} {s.teacher_acc:>6.3f} {s.student_m:>10.4f} {s.num_samples:>6d} {s.seconds:>5.1f}{mark}"
+            f"{r:>3}{tie}  {s.name:<24} {s.m:>8.4f} ± {s.m_se:<5.4f} {s.ce_cmi:>8.4f} ± {s.ce_cmi_se:<5.4f} {s.dev:>7.4f} {s.cmi:>7.4f} "
+            f"{s.variance:>9.4f} {s.entropy:>8.4f} {s.teacher_acc:>6.3f} {s.teacher_ce:>6.3f} {s.student_m:>10.4f} {s.num_samples:>6d} "
+            f"{s.seconds:>5.1f}{mark}"
         )
+    if len(tied) > 1:
+        lines.append(f"The leading {len(tied)} candidates ({', '.join(tied)}) cannot be told apart by {selector}.")
+    if how:
+        lines.append(f"Decided by: {how}")
     return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""From scores to the training DA: the decision rule of ``augment=auto``, and the selection stage of a run.
+
+The rule (``metric.*``; README "Does the metric predict?" holds the evidence it was chosen from):
+
+1. **Which selector.** ``metric.selector=auto`` picks by the student's planned budget, known before
+   training: below ``metric.long_epochs`` epochs the reference code's CE − CMI (``ce_cmi``), which
+   prefers DAs the teacher finds easy; at or above it the paper's M = DEV − CMI (``m``), which
+   prefers DAs that confuse the teacher. Strong DAs cost accuracy at short budgets and pay off at
+   long ones. Any selector name uses that selector at every budget.
+2. **Ties.** Candidates whose value is within ``metric.tie_z`` combined standard errors of the
+   leader's, √(se_leader² + se²), cannot be told apart. ``metric.tie=milder`` then takes the one the
+   teacher finds easiest: the one it classifies most accurately (then the lowest cross-entropy), the
+   least risk of a DA the student cannot fit. (Not the lowest cross-entropy alone: a DA that blanks the
+   image leaves a weak teacher uncertain, which costs less cross-entropy than its confident mistakes
+   on a real DA.) ``first`` takes the first of them in pool order.
+The same function decides in a run, in ``python -m daqkd.score`` and in the report.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from daqkd.io import read_checkpoint
+from daqkd.metric.scoring import SELECTORS, AugmentScore, Selection, format_ranking, score_augmentations, selector_se, selector_value
+
+log = logging.getLogger(__name__)
+
+TIES = ("milder", "first")
+SCORE_FIELDS = [f.name for f in fields(AugmentScore)]
+STATE_KEY = "DAMetricCallback"  # where checkpoints keep the selection (the callback's Lightning state key)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How ``augment=auto`` turns scores into a DA (the module's docstring)."""
+
+    selector: str = "auto"
+    short: str = "ce_cmi"
+    long: str = "m"
+    long_epochs: int | None = 40
+    tie: str = "milder"
+    tie_z: float = 1.0
+
+    def __post_init__(self):
+        for key in ("short", "long") + (() if self.selector == "auto" else ("selector",)):
+            if getattr(self, key) not in SELECTORS:
+                raise ValueError(f"metric.{key}={getattr(self, key)} is not a selector; choose one of {', '.join(SELECTORS)}")
+        if self.tie not in TIES:
+            raise ValueError(f"metric.tie={self.tie} is not a tie rule; choose one of {', '.join(TIES)}")
+
+    def selector_for(self, epochs: int | None) -> tuple[str, str]:
+        """(the selector used at ``epochs`` planned student epochs, why)."""
+        if self.selector != "auto":
+            return self.selector, f"metric.selector={self.selector}"
+        if self.long_epochs is None or epochs is None or epochs < self.long_epochs:
+            return self.short, f"{epochs} planned epochs < metric.long_epochs={self.long_epochs}"
+        return self.long, f"{epochs} planned epochs ≥ metric.long_epochs={self.long_epochs}"
+
+    def needs_student(self, epochs: int | None) -> bool:
+        return self.selector_for(epochs)[0] == "student_m"
+
+
+@dataclass
+class Decision:
+    selected: str
+    selector: str
+    leader: str
+    tied: list[str]  # the candidates that cannot be told apart from the leader, leader first
+    how: str
+
+
+def decide(scores: Sequence[AugmentScore], rule: Rule, epochs: int | None) -> Decision:
+    """The training DA among ``scores`` (in pool order) under ``rule`` at ``epochs`` planned epochs."""
+    if not scores:
+        raise ValueError("no scored candidates to select from")
+    selector, why = rule.selector_for(epochs)
+    values = [selector_value(s, selector) for s in scores]
+    if any(math.isnan(v) for v in values):
+        raise ValueError(f"selector {selector!r} has no value for some candidates (student_m needs a quantized student)")
+    lead = min(range(len(scores)), key=values.__getitem__)  # ties of equal values: the first in pool order
+    se_lead = _se(scores[lead], selector)
+    tied = [s for s, v in zip(scores, values)
+            if v - values[lead] <= rule.tie_z * math.sqrt(se_lead**2 + _se(s, selector) ** 2)]
+    tied.sort(key=lambda s: s is not scores[lead])  # the leader first, then pool order
+    if rule.tie == "milder" and len(tied) > 1:
+        chosen = min(tied, key=lambda s: (-s.teacher_acc, s.teacher_ce))
+        how = (f"{selector} ({why}); {', '.join(s.name for s in tied)} within {rule.tie_z:g} combined standard errors of "
+               f"the leader {scores[lead].name}: the milder ({chosen.name}, the teacher's most accurate) wins")
+    else:
+        chosen = scores[lead]
+        how = f"argmin {selector} ({why})" + (f"; tied with {', '.join(s.name for s in tied[1:])}: the first in pool order wins"
+                                               if len(tied) > 1 else "")
+    return Decision(chosen.name, selector, scores[lead].name, [s.name for s in tied], how)
+
+
+def _se(score: AugmentScore, selector: str) -> float:
+    se = selector_se(score, selector)
+    return 0.0 if math.isnan(se) else se
+
+
+def rule_from_config(metric) -> Rule:
+    return Rule(selector=str(metric.selector), short=str(metric.short), long=str(metric.long),
+                long_epochs=metric.long_epochs, tie=str(metric.tie), tie_z=float(metric.tie_z))
+
+
+def choose(candidates: Sequence[str], fixed: str | None, datamodule, teacher: torch.nn.Module, student: torch.nn.Module | None,
+           device, rule: Rule, epochs: int | None, num_samples: int | None, batch_size: int, seed: int,
+           output_dir: str | Path | None = None) -> Selection:
+    """Score ``candidates`` with the teacher (and ``student``, for ``student_m``) and decide: the DA
+    ``fixed`` when given, else the rule's. Logs the ranking and writes ``augment_scores.csv``."""
+    scores: list[AugmentScore] = []
+    if candidates:
+        nets = [teacher.to(device)] + ([student.to(device)] if student is not None else [])
+        scores = score_augmentations(nets[0], datamodule, list(dict.fromkeys(candidates)), num_samples, batch_size, seed, device,
+                                     nets[1] if len(nets) > 1 else None)
+    tied: list[str] = []
+    if fixed is not None:
+        selection = Selection(fixed, "fixed", scores)
+        selector = rule.selector_for(epochs)[0]
+    else:
+        d = decide(scores, rule, epochs)
+        selection, selector, tied = Selection(d.selected, d.how, scores), d.selector, d.tied
+    if scores:
+        log.info("DA ranking:\n%s", format_ranking(scores, selection.selected, selector, tied, selection.how))
+    log.info("DA: training with %s (%s)", selection.selected, selection.how)
+    if output_dir and scores:
+        path = Path(output_dir) / "augment_scores.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SCORE_FIELDS)
+            writer.writeheader()
+            writer.writerows(s.as_dict() for s in sorted(scores, key=lambda s: selector_value(s, selector)))
+    return selection
+
+
+def restore(checkpoint_path: str, fixed: str | None) -> Selection:
+    """The selection a checkpoint holds (a resumed run keeps its DA, without scoring again)."""
+    state = read_checkpoint(checkpoint_path).get("callbacks", {}).get(STATE_KEY)
+    if not state or not state.get("selected"):
+        raise RuntimeError(f"{checkpoint_path} holds no DA selection ({STATE_KEY}); it was not written by this version of daqkd. "
+                           "Start the run afresh (ckpt_path=null).")
+    selection = Selection.from_dict(state)
+    if fixed is not None and selection.selected != fixed:
+        raise RuntimeError(f"{checkpoint_path} trained with augment={selection.selected}, but this run asks for augment={fixed}; a "
+                           f"resumed run keeps its DA. Resume with augment={selection.selected}, or start afresh in a new folder.")
+    log.info("DA: restored from %s, training with %s (%s)", checkpoint_path, selection.selected, selection.how)
+    return selection

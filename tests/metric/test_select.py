@@ -1,0 +1,52 @@
+"""The decision rule of augment=auto against hand-made scores (daqkd/metric/select.py): the selector by
+the planned budget, ties within the combined standard errors, and the milder of tied candidates."""
+import pytest
+
+from daqkd.metric.scoring import AugmentScore
+from daqkd.metric.select import Rule, decide
+
+
+def s(name, m, m_se, ce_cmi, ce_cmi_se, teacher_ce, teacher_acc):
+    return AugmentScore(name, m=m, dev=0.0, cmi=0.0, variance=0.0, entropy=0.0, teacher_acc=teacher_acc, teacher_ce=teacher_ce,
+                        num_samples=100, seconds=0.0, m_se=m_se, ce_cmi=ce_cmi, ce_cmi_se=ce_cmi_se)
+
+
+# M prefers trivialaugment (−0.40, far from the rest); CE − CMI prefers minimal, with augmix 0.02 behind
+# (combined standard error √(0.01² + 0.015²) = 0.018: 1.1 of them) and cutmix far behind.
+POOL = [s("minimal", -0.06, 0.01, -0.03, 0.010, 0.20, 0.95), s("augmix", -0.11, 0.01, -0.01, 0.015, 0.15, 0.96),
+        s("cutmix", -0.12, 0.01, 1.26, 0.030, 1.50, 0.60), s("trivialaugment", -0.40, 0.01, 0.56, 0.020, 0.90, 0.70)]
+
+
+def test_the_planned_budget_chooses_the_selector():
+    rule = Rule()  # auto: ce_cmi below 40 planned epochs, m at or above
+    short, long = decide(POOL, rule, 8), decide(POOL, rule, 40)
+    assert (short.selector, short.selected) == ("ce_cmi", "minimal")
+    assert (long.selector, long.selected) == ("m", "trivialaugment")
+    assert "8 planned epochs < metric.long_epochs=40" in short.how and "40 planned epochs ≥" in long.how
+    assert decide(POOL, Rule(long_epochs=None), 1000).selector == "ce_cmi"
+    assert decide(POOL, Rule(selector="m"), 2).selected == "trivialaugment"  # a named selector at every budget
+
+
+def test_ties_go_to_the_milder_candidate_or_the_first():
+    # With tie_z = 1.2, augmix (1.1 combined SE behind minimal) ties with it; the teacher is more accurate on augmix.
+    d = decide(POOL, Rule(tie_z=1.2), 8)
+    assert d.leader == "minimal" and d.tied == ["minimal", "augmix"] and d.selected == "augmix"
+    assert "the milder (augmix, the teacher's most accurate) wins" in d.how
+    first = decide(POOL, Rule(tie_z=1.2, tie="first"), 8)
+    assert first.selected == "minimal" and first.tied == ["minimal", "augmix"]
+    assert decide(POOL, Rule(tie_z=1.0), 8).tied == ["minimal"]  # 1.1 SE apart: told apart at z = 1
+
+
+def test_a_bad_rule_is_refused():
+    with pytest.raises(ValueError, match="metric.short=best is not a selector"):
+        Rule(short="best")
+    with pytest.raises(ValueError, match="metric.tie=coin is not a tie rule"):
+        Rule(tie="coin")
+
+
+def test_a_blanking_da_is_not_milder_for_a_weak_teacher():
+    # A DA that blanks the image: the teacher is uncertain (CE ≈ log 10, lower than its confident
+    # mistakes on a real DA) but no more accurate than chance. Tied, the real DA wins.
+    blank = s("random_erasing", 0.0, 0.1, 2.30, 0.2, 2.30, 0.10)
+    real = s("trivialaugment", -0.1, 0.1, 2.40, 0.2, 2.60, 0.25)
+    assert decide([blank, real], Rule(selector="m"), 1).selected == "trivialaugment"
