@@ -1,6 +1,7 @@
 """python -m daqkd.export: the frozen integer module and the ONNX model agree with the training-time
 student (daqkd/export.py, Quantizer.grid in daqkd/quant/)."""
 import copy
+import functools
 import json
 import math
 
@@ -47,6 +48,13 @@ def layer_inputs(model, names, images):
     return got
 
 
+def layer_op(frozen_layer, v, w):
+    """The frozen layer's linear map (conv or matmul, no bias) with weights ``w``."""
+    if frozen_layer.kind == "conv":
+        return F.conv2d(v, w, None, frozen_layer.stride, frozen_layer.padding, frozen_layer.dilation, frozen_layer.groups)
+    return F.linear(v, w)
+
+
 def assert_layers_agree(student, frozen, images, label):
     """Every quantized layer of ``frozen`` computes its student layer (and the BatchNorm folded into
     it) up to float rounding, with bounds derived for any summation order, so they hold on every CPU.
@@ -85,8 +93,7 @@ def assert_layers_agree(student, frozen, images, label):
             w_s = s_layer.weight_quantizer(s_layer.weight) if s_layer.weight_quantizer is not None else s_layer.weight
             if s_layer.output_scale is not None:
                 w_s = w_s * s_layer.output_scale
-            op = (lambda v, w: F.conv2d(v, w, None, f_layer.stride, f_layer.padding, f_layer.dilation, f_layer.groups)) \
-                if f_layer.kind == "conv" else (lambda v, w: F.linear(v, w))
+            op = functools.partial(layer_op, f_layer)
             z_s = op(xq_s, w_s) + (s_layer.bias.view(1, -1, *([1] * (xq_s.ndim - 2))) if s_layer.bias is not None else 0)
             bn = student.get_submodule(pairs[name]) if name in pairs else None
             y_s = bn(z_s) if bn is not None else z_s
