@@ -24,6 +24,7 @@ import functools
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -297,6 +298,62 @@ class Bench:
             self.row(f"data pipeline, {name}", rate, step_rate, ratio, "—" if exempt else "≥ 2×", None if exempt else ratio >= 2, "img/s")
         return out
 
+    # ----------------------------------------------------------------------- a busy machine
+
+    def steps_per_second(self, threads: int, seconds: float) -> float:
+        """Training steps per second of the configured student with the real loader (the config's
+        workers) and ``threads`` torch threads, over ``seconds`` after a warm-up."""
+        cfg = self.cfg
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            student = build.build_student(cfg, copy.deepcopy(self.teacher), self.dm)
+            module = build.build_module(cfg, student, copy.deepcopy(self.teacher), self.dm).train()
+            opt = torch.optim.Adam(module.parameters(), 1e-3)
+
+            def batches():
+                while True:
+                    yield from self.dm.train_loader("minimal")
+
+            it = batches()
+            for _ in range(2):
+                next(it)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                loss, _, _ = module.compute_loss(next(it))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n += 1
+            return n / (time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(before)
+
+    def contention(self) -> dict:
+        """The default run's training rate with one other busy process on the machine against the
+        same without it, with speed.threads=auto (the cores less one per loader worker), and with every
+        core (PyTorch's default before speed.threads) for comparison."""
+        from daqkd.torchutil import usable_cores
+
+        seconds = 3.0 if self.quick else 12.0
+        workers = self.dm.num_workers
+        auto = max(1, usable_cores() - workers)
+        out = {"cores": usable_cores(), "loader_workers": workers, "auto_threads": auto}
+        for label, threads in (("auto", auto), ("every core", usable_cores())):
+            idle = self.steps_per_second(threads, seconds)
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                time.sleep(0.5)
+                loaded = self.steps_per_second(threads, seconds)
+            finally:
+                busy.kill()
+                busy.wait()
+            out[label] = {"threads": threads, "idle_steps_per_s": idle, "loaded_steps_per_s": loaded, "ratio": loaded / idle}
+            target = label == "auto"
+            self.row(f"training with one busy process, {label} ({threads} threads, {workers} workers)", loaded, idle, loaded / idle,
+                     "≥ 45%" if target else "—", (loaded / idle >= 0.45) if target else None, "steps/s")
+        return out
+
     def table(self) -> str:
         head = f"| {'figure':<58} | {'value':>10} | {'limit':>10} | {'ratio':>7} | {'target':>7} | met |"
         lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
@@ -326,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     result["scoring"]["bootstrap"] = bench.bootstrap()
     result["ewgs_delta"] = bench.ewgs_delta()
     result["pipeline"] = bench.pipeline()
+    result["contention"] = bench.contention()
     result["memory"] = {"bench_peak_rss_mb": peak_rss_mb()}
     if args.run:
         run = json.loads(Path(args.run).read_text())

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import _get_rank
 from omegaconf import DictConfig, OmegaConf
 
+from daqkd.compile import AutoCompile, compile_key
 from daqkd.data import ImageDataModule
 from daqkd.io import AtomicCheckpointIO
 from daqkd.kd import Distiller, feature_shapes
@@ -144,7 +145,7 @@ def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamo
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         channels_last=bool(speed.get("channels_last", False)),
     )
-    if speed.get("compile", False):  # nn.Module.compile: in place, so state_dict keys stay as they are
+    if speed.get("compile", False) is True:  # nn.Module.compile: in place, so state_dict keys stay as they are
         student.compile(backend=speed.get("compile_backend", "inductor"))
         teacher.compile(backend=speed.get("compile_backend", "inductor"))
     return module
@@ -181,14 +182,19 @@ def build_selection(cfg: DictConfig, datamodule: ImageDataModule, teacher: nn.Mo
     epochs = cfg.trainer.get("max_epochs")
     scored_student = student if (metric.score_student or rule.needs_student(epochs)) else None
     return choose(candidates, fixed, datamodule, teacher, scored_student, build_device(cfg), rule, epochs, metric.num_samples,
-                  metric.batch_size, metric.seed, str(cfg.paths.output_dir))
+                  metric.batch_size, metric.seed, str(cfg.paths.output_dir), chunk=metric.get("chunk"), stop_z=metric.get("stop_z", 3.0))
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """``callbacks.*`` (checkpointing) and the quantizer's own callback (EWGS δ), if any."""
+    """``callbacks.*`` (checkpointing), the quantizer's own callback (EWGS δ), if any, and
+    ``speed.compile=auto``'s decision (daqkd.compile)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if cfg.quantizer.get("callback") is not None:
         callbacks.append(instantiate(cfg.quantizer.callback))
+    speed = cfg.get("speed") or {}
+    if speed.get("compile", False) == "auto":
+        callbacks.append(AutoCompile(compile_key(cfg, build_device(cfg).type), cfg.paths.cache_dir, speed.get("compile_backend", "inductor"),
+                                     speed.get("compile_payback", 20)))
     return callbacks
 
 

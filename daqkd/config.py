@@ -143,6 +143,9 @@ NUMBERS: list[tuple[str, Callable[[Any], bool], str, str]] = [
     ("metric.num_samples", lambda v: v is None or _is_int(v), "null or an integer", "metric.num_samples=2000"),
     ("metric.long_epochs", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1", "metric.long_epochs=40"),
     ("metric.tie_z", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "metric.tie_z=1.0"),
+    ("metric.chunk", lambda v: v is None or _at_least(10)(v), "null or an integer ≥ 10", "metric.chunk=250"),
+    ("metric.stop_z", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "metric.stop_z=3.0"),
+    ("speed.compile_payback", lambda v: _is_num(v) and v > 0, "a number > 0", "speed.compile_payback=20"),
     ("quantizer.calibration_size", _at_least(1), "an integer ≥ 1", "quantizer.calibration_size=256"),
     ("quantizer.weight.delta", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "quantizer.weight.delta=1e-3"),
     ("quantizer.callback.num_batches", _at_least(1), "an integer ≥ 1", "quantizer.callback.num_batches=3"),
@@ -170,6 +173,12 @@ def check_augmentation(key: str, name: str, num_classes: int, params) -> None:
 
 
 def check_numbers(cfg: DictConfig) -> None:
+    compile_ = OmegaConf.select(cfg, "speed.compile", default=False)
+    if compile_ not in (True, False, "auto"):
+        raise ConfigError(f"speed.compile={compile_!r} is not allowed: expected true, false or auto, e.g. speed.compile=auto")
+    threads = OmegaConf.select(cfg, "speed.threads", default="auto")
+    if threads != "auto" and not (_is_int(threads) and threads >= 1):
+        raise ConfigError(f"speed.threads={threads!r} is not allowed: expected auto or an integer ≥ 1, e.g. speed.threads=2")
     for key, ok, what, example in NUMBERS:
         value = OmegaConf.select(cfg, key, default="__absent__")
         if value != "__absent__" and not ok(value):

@@ -33,6 +33,7 @@ from daqkd.build import (
     build_trainer,
     resolve_ckpt_path,
 )
+from daqkd.compile import AutoCompile
 from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
 from daqkd.errors import ConfigError, Preempted, reported_as_one_line
 from daqkd.io import CheckpointOnSigterm, atomic_write_json
@@ -40,6 +41,7 @@ from daqkd.metric.callback import DAMetricCallback
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
 from daqkd.rundir import relaunch, resume_or_start
+from daqkd.torchutil import set_threads, usable_cores
 
 REFUSED: list[int] = []  # sweep jobs of this process refused before they ran (FailureCount reports them)
 
@@ -56,6 +58,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    threads = set_threads(cfg.speed.get("threads", "auto"), cfg.dataset.datamodule.num_workers)
     L.seed_everything(cfg.seed, workers=True)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -117,6 +120,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         },
         "seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
+        "compile": next((c.decision for c in trainer.callbacks if isinstance(c, AutoCompile)), None),
+        "threads": {"torch": threads, "loader_workers": cfg.dataset.datamodule.num_workers, "cores": usable_cores()},
         "provenance": provenance(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "config_composed": OmegaConf.to_container(cfg, resolve=False),  # which values follow the seed or the paths

@@ -25,6 +25,7 @@ from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
 from daqkd.metric import AugmentScore, format_ranking, score_augmentations
 from daqkd.metric.select import decide, rule_from_config
+from daqkd.torchutil import set_threads
 
 log = logging.getLogger("daqkd")
 
@@ -34,6 +35,7 @@ def score(cfg: DictConfig) -> dict:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.speed.get("threads", "auto"), cfg.dataset.datamodule.num_workers)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     teacher = build_teacher(cfg, datamodule)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from daqkd.build import build_datamodule, build_teacher
 from daqkd.config import config_dir, normalize_overrides, validate_config
 from daqkd.errors import reported_as_one_line
+from daqkd.torchutil import set_threads
 
 log = logging.getLogger("daqkd")
 
@@ -20,6 +21,7 @@ log = logging.getLogger("daqkd")
 def hydra_main(cfg: DictConfig) -> float:
     with reported_as_one_line():
         validate_config(cfg)
+        set_threads(cfg.speed.get("threads", "auto"), cfg.dataset.datamodule.num_workers)
         L.seed_everything(cfg.seed, workers=True)
         info = build_teacher(cfg, build_datamodule(cfg))
     log.info("Teacher %s/%s (%s): %s, test accuracy %.4f", cfg.dataset.name, cfg.model.name, info.source, info.ckpt, info.test_acc)

@@ -92,3 +92,36 @@ def test_a_compiled_fit_estimates_the_hessian_delta(make_cfg, make_module, fmnis
                    "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "metric.score_student=false")
     result = train(cfg)
     assert result["status"] == "ok" and result["student"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_compile_auto_compiles_a_run_long_enough_to_pay_for_it(make_cfg, tmp_path):
+    """speed.compile=auto: with a compile time on record far below the planned training time, the fit
+    compiles both networks after its first steps, the Hessian δ is estimated on the compiled student
+    in the next epoch, and the real compile time is kept for the next run; with one far above, it
+    does not compile."""
+    import json
+    import shutil
+
+    from daqkd.build import build_datamodule, build_device, build_teacher, teacher_cache_path
+    from daqkd.compile import compile_key
+    from daqkd.run import train
+
+    over = ["speed.compile=auto", "speed.compile_backend=aot_eager", "trainer.max_epochs=2", "trainer.limit_train_batches=8",
+            "trainer.limit_val_batches=1", "metric.score_student=false", "augment=minimal", "metric.score_fixed=false"]
+    cfg = make_cfg(*over)
+    build_teacher(cfg, build_datamodule(cfg))  # the session's teacher, copied into this test's own cache
+    store = tmp_path / "compile-cache" / "compile_seconds.json"
+    key = compile_key(cfg, build_device(cfg).type)
+    cfg = make_cfg(*over, f"paths.cache_dir={store.parent}")
+    teacher_file = teacher_cache_path(cfg, build_datamodule(cfg))
+    teacher_file.parent.mkdir(parents=True)
+    shutil.copy(teacher_cache_path(make_cfg(*over), build_datamodule(cfg)), teacher_file)
+    store.write_text(json.dumps({key: 1e-4}))
+    result = train(cfg)
+    assert result["compile"]["compiled"] is True and result["compile"]["compile_s_source"] == "measured before"
+    assert json.loads(store.read_text())[key] == pytest.approx(result["compile"]["measured_compile_s"])
+    assert result["student"]["epochs"] == 2 and result["status"] == "ok"
+    store.write_text(json.dumps({key: 1e6}))
+    result = train(make_cfg(*over, f"paths.cache_dir={store.parent}", "paths.output_dir=" + str(tmp_path / "second")))
+    assert result["compile"]["compiled"] is False

@@ -142,8 +142,8 @@ class AugmentedImages(Dataset):
 
 class CandidateImages(Dataset):
     """The DA metric's images under several candidate pipelines at once, so one loader (one set of
-    workers) serves a whole pool. Indexed by ``(candidate, i, draw_seed)``; returns
-    (image, label, draw_seed, candidate)."""
+    workers) serves a whole pool. Indexed by ``(candidate, pass, i, draw_seed)``; returns
+    (image, label, draw_seed, candidate, pass)."""
 
     def __init__(self, source, indices: torch.Tensor, pipelines: Sequence[AugmentPipeline]):
         self.source, self.indices, self.pipelines = source, indices, list(pipelines)
@@ -151,41 +151,48 @@ class CandidateImages(Dataset):
     def __len__(self) -> int:
         return len(self.pipelines) * len(self.indices)
 
-    def __getitem__(self, item: tuple[int, int, int]):
-        k, i, draw_seed = item
+    def __getitem__(self, item: tuple[int, int, int, int]):
+        k, p, i, draw_seed = item
         j = int(self.indices[i])
-        return self.pipelines[k].transform(self.source.image(j), draw_seed), int(self.source.targets[j]), draw_seed, k
+        return self.pipelines[k].transform(self.source.image(j), draw_seed), int(self.source.targets[j]), draw_seed, k, p
 
 
-class CandidatePasses(Sampler):
-    """Batches of ``(candidate, i, draw_seed)``: for each candidate in turn, pass 0 then pass 1 over
-    the n images in order, ``batch_size`` at a time (a batch never mixes candidates or passes). The
-    draws of pass p are those of a ``SeededSampler(n, seed, stream)`` in epoch p, whatever the
-    candidate, so every candidate sees the same images, and the same base crops and flips."""
+class CandidateRounds(Sampler):
+    """Batches of ``(candidate, pass, i, draw_seed)`` for the DA metric, one round per iteration: for
+    each candidate still in the race (``active``), in order, pass 0 then pass 1 over images
+    ``lo``..``hi`` of the subsample, ``batch_size`` at a time (a batch never mixes candidates or
+    passes). The draws of image i in pass p are those of a ``SeededSampler(n, seed, stream)`` in epoch
+    p, whatever the candidate and the round: every candidate sees the same images, crops and flips,
+    and scoring in rounds draws exactly what scoring all at once does. By default one round covers
+    every candidate and every image; ``set_round`` narrows the next one (the sampler runs in the main
+    process, so the loader's persistent workers serve every round)."""
 
     def __init__(self, num_candidates: int, n: int, batch_size: int, seed: int, stream: str, passes: int = 2):
-        self.num_candidates, self.n, self.batch_size, self.passes = num_candidates, n, batch_size, passes
-        self.sampler = SeededSampler(n, seed, stream)
+        self.n, self.batch_size, self.passes = n, batch_size, passes
+        self.orders = [SeededSampler(n, seed, stream).order(p) for p in range(passes)]
+        self.active, self.lo, self.hi = list(range(num_candidates)), 0, n
+
+    def set_round(self, active: Sequence[int], lo: int, hi: int) -> None:
+        self.active, self.lo, self.hi = list(active), lo, hi
 
     def __len__(self) -> int:
-        return self.num_candidates * self.passes * -(-self.n // self.batch_size)
+        return len(self.active) * self.passes * -(-(self.hi - self.lo) // self.batch_size)
 
     def __iter__(self):
-        orders = [self.sampler.order(p) for p in range(self.passes)]
-        for k in range(self.num_candidates):
-            for order in orders:
-                for b in range(0, self.n, self.batch_size):
-                    yield [(k, i, s) for i, s in order[b:b + self.batch_size]]
+        for k in self.active:
+            for p, order in enumerate(self.orders):
+                for b in range(self.lo, self.hi, self.batch_size):
+                    yield [(k, p, i, s) for i, s in order[b:min(b + self.batch_size, self.hi)]]
 
 
 class CandidateCollate:
-    """Collates a batch of one candidate with that candidate's pipeline (its batch DA included);
-    returns (candidate, images, labels)."""
+    """Collates a batch of one candidate and pass with that candidate's pipeline (its batch DA
+    included); returns (candidate, pass, images, labels)."""
 
     def __init__(self, pipelines: Sequence[AugmentPipeline]):
         self.pipelines = list(pipelines)
 
     def __call__(self, samples):
-        k = samples[0][3]
+        k, p = samples[0][3], samples[0][4]
         images, labels = self.pipelines[k].collate([s[:3] for s in samples])
-        return k, images, labels
+        return k, p, images, labels

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from daqkd.augment import AugmentedImages, AugmentPipeline, SeededSampler, build_augmentation, derive_seed
-from daqkd.augment.pipeline import CandidateCollate, CandidateImages, CandidatePasses
+from daqkd.augment.pipeline import CandidateCollate, CandidateImages, CandidateRounds
 from daqkd.data.sampling import split_indices, stratified_indices
 from daqkd.data.sources import check_source_options, load_image_sets
 from daqkd.errors import ConfigError
@@ -248,15 +248,18 @@ class ImageDataModule(L.LightningDataModule):
         return self.loader(self.train_set, idx, self.pipeline(name), batch_size, seed, "metric")
 
     def scoring_loader(self, names: Sequence[str], num_samples: int | None, batch_size: int, seed: int) -> DataLoader:
-        """The metric's two passes for a whole pool in one loader: batches of (candidate index,
-        images, labels), candidate by candidate, pass 0 then pass 1. The same images, draws and
-        pipelines as ``augment_loader`` gives each candidate; the workers start once for the pool."""
+        """The metric's two passes for a whole pool in one loader: batches of (candidate index, pass,
+        images, labels), candidate by candidate, pass 0 then pass 1 (its ``batch_sampler``, a
+        ``CandidateRounds``, can narrow each iteration to some candidates and images). The same
+        images, draws and pipelines as ``augment_loader`` gives each candidate; the workers start once
+        for the pool and serve every round."""
         idx = self.metric_indices(num_samples, seed)
         pipelines = [self.pipeline(name) for name in names]
         return DataLoader(
             CandidateImages(self.train_set, idx, pipelines),
-            batch_sampler=CandidatePasses(len(pipelines), len(idx), batch_size, seed, "metric"),
+            batch_sampler=CandidateRounds(len(pipelines), len(idx), batch_size, seed, "metric"),
             num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             multiprocessing_context=worker_context(self.num_workers),
             collate_fn=CandidateCollate(pipelines),
             generator=torch.Generator().manual_seed(derive_seed(seed, "metric", "loader")),

@@ -234,37 +234,56 @@ def score_augmentations(
     seed: int,
     device: torch.device | str = "cpu",
     student: nn.Module | None = None,
+    chunk: int | None = None,
+    prune: Callable[[list[AugmentScore]], list[str]] | None = None,
 ) -> list[AugmentScore]:
     """Score every candidate DA, in order, with every selector.
 
     Every candidate sees the same class-stratified images (fixed by ``seed``), through the same
-    pipeline training uses (``datamodule.augment_loader``); only the DA's own draws differ. With a
+    pipeline training uses (``datamodule.scoring_loader``); only the DA's own draws differ. With a
     ``student`` (the calibrated low-bit network), ``student_m`` is scored on the same draws.
+
+    With ``chunk`` and ``prune``, scoring goes in rounds of ``chunk`` more images (both passes, every
+    network) for the candidates still in the race, and after each round ``prune(scores so far)``
+    names the candidates that stay; it stops when one is left or the images run out
+    (``num_samples`` is then the cap). A candidate's ``num_samples`` says how many images it used.
     """
     networks = [teacher] if student is None else [teacher, student]
     loader = datamodule.scoring_loader(candidates, num_samples, batch_size, seed)
     n = len(loader.dataset.indices)
     classes = true_classes(loader)
-    scores: list[AugmentScore] = []
-    rec, seen = None, 0
-
-    def finish():
-        s = rec.score(candidates[len(scores)], seed, classes)
-        log.info("DA metric: %-22s M=%.4f±%.4f (DEV=%.4f, CMI=%.4f) in %.1fs", s.name, s.m, s.m_se, s.dev, s.cmi, s.seconds)
-        scores.append(s)
-
-    # One loader for the pool: its workers augment the next candidate while this one is scored.
+    step = chunk if (chunk and prune) else n
+    recorders = {k: PassRecorder(networks, datamodule.num_classes, device) for k in range(len(candidates))}
+    seconds = dict.fromkeys(recorders, 0.0)
+    scores: dict[int, AugmentScore] = {}
+    active = list(range(len(candidates)))
     with eval_mode(*networks):
-        for k, images, labels in loader:
-            if k != len(scores):  # the loader moved on to the next candidate
-                finish()
-                rec = None
-            if rec is None:
-                rec, seen = PassRecorder(networks, datamodule.num_classes, device), 0
-            rec.add(0 if seen < n else 1, images, labels)
-            seen += len(labels)
-        finish()
-    return scores
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            loader.batch_sampler.set_round(active, lo, hi)
+            clock = time.perf_counter()
+            for k, p, images, labels in loader:
+                recorders[k].add(p, images, labels)
+                now = time.perf_counter()
+                seconds[k] += now - clock  # the wait for this batch and its forward passes
+                clock = now
+            for k in active:
+                s = recorders[k].score(candidates[k], seed, classes[:hi] if classes is not None else None)
+                s.seconds = seconds[k]
+                scores[k] = s
+            if hi < n and prune is not None:
+                keep = set(prune([scores[k] for k in active]))
+                out = [candidates[k] for k in active if candidates[k] not in keep]
+                if out:
+                    log.info("DA metric: after %d images, %s out of the race", hi, ", ".join(out))
+                active = [k for k in active if candidates[k] in keep]
+                if len(active) <= 1:
+                    break
+    for k in sorted(scores):
+        s = scores[k]
+        log.info("DA metric: %-22s M=%.4f±%.4f CE-CMI=%.4f±%.4f (DEV=%.4f, CMI=%.4f) on %d images in %.1fs", s.name, s.m, s.m_se,
+                 s.ce_cmi, s.ce_cmi_se, s.dev, s.cmi, s.num_samples, s.seconds)
+    return [scores[k] for k in range(len(candidates))]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -99,6 +99,21 @@ def decide(scores: Sequence[AugmentScore], rule: Rule, epochs: int | None) -> De
     return Decision(chosen.name, selector, scores[lead].name, [s.name for s in tied], how)
 
 
+def pruner(rule: Rule, epochs: int | None, z: float) -> Callable[[list[AugmentScore]], list[str]]:
+    """For scoring in rounds (``score_augmentations``): after each round, the candidates still in the
+    race under ``rule``'s selector, those within ``z`` combined standard errors of the leader. One
+    left means the leader is ahead of every other by more than that, and scoring stops."""
+    selector = rule.selector_for(epochs)[0]
+
+    def prune(scores: list[AugmentScore]) -> list[str]:
+        values = [selector_value(s, selector) for s in scores]
+        lead = min(range(len(scores)), key=values.__getitem__)
+        se_lead = _se(scores[lead], selector)
+        return [s.name for s, v in zip(scores, values) if v - values[lead] <= z * math.sqrt(se_lead**2 + _se(s, selector) ** 2)]
+
+    return prune
+
+
 def _se(score: AugmentScore, selector: str) -> float:
     se = selector_se(score, selector)
     return 0.0 if math.isnan(se) else se
@@ -111,14 +126,19 @@ def rule_from_config(metric) -> Rule:
 
 def choose(candidates: Sequence[str], fixed: str | None, datamodule, teacher: torch.nn.Module, student: torch.nn.Module | None,
            device, rule: Rule, epochs: int | None, num_samples: int | None, batch_size: int, seed: int,
-           output_dir: str | Path | None = None) -> Selection:
+           output_dir: str | Path | None = None, chunk: int | None = None, stop_z: float = 3.0) -> Selection:
     """Score ``candidates`` with the teacher (and ``student``, for ``student_m``) and decide: the DA
-    ``fixed`` when given, else the rule's. Logs the ranking and writes ``augment_scores.csv``."""
+    ``fixed`` when given, else the rule's. Deciding, scoring goes in rounds of ``chunk`` images and
+    stops when the rule's leader is ahead of every other candidate by ``stop_z`` combined standard
+    errors (candidates that far behind stop early); a fixed DA is scored on every image. Logs the
+    ranking and writes ``augment_scores.csv``."""
     scores: list[AugmentScore] = []
     if candidates:
         nets = [teacher.to(device)] + ([student.to(device)] if student is not None else [])
+        adaptive = fixed is None and chunk is not None
         scores = score_augmentations(nets[0], datamodule, list(dict.fromkeys(candidates)), num_samples, batch_size, seed, device,
-                                     nets[1] if len(nets) > 1 else None)
+                                     nets[1] if len(nets) > 1 else None, chunk=chunk if adaptive else None,
+                                     prune=pruner(rule, epochs, stop_z) if adaptive else None)
     tied: list[str] = []
     if fixed is not None:
         selection = Selection(fixed, "fixed", scores)

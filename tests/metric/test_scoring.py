@@ -20,7 +20,7 @@ def test_every_candidate_is_scored_on_the_same_images(make_cfg, monkeypatch):
     getitem = CandidateImages.__getitem__
 
     def spy(self, item):
-        k, i, _ = item
+        k, _, i, _ = item
         seen.setdefault(k, []).append(int(self.indices[i]))
         return getitem(self, item)
 
@@ -106,3 +106,28 @@ def test_the_bootstrap_resamples_within_classes_and_keeps_every_replicate():
     p = lambda: torch.softmax(torch.randn(50, 10, generator=gen) + 2 * t, 1)  # noqa: E731
     s = score_passes("x", Passes(p(), t, p(), t))
     assert s.bootstrap_replicates == BOOTSTRAP and s.m_se > 0 and s.cmi_se > 0
+
+
+def test_scoring_in_rounds_stops_when_decided_and_picks_what_full_scoring_picks(make_cfg):
+    """augment=auto scores 25 images at a time; candidates clearly behind the leader (3 combined
+    standard errors) drop out, and scoring stops once one is left. The pick is full scoring's, every
+    candidate records the images it used, and the first round's numbers are full scoring's own."""
+    from daqkd.metric.select import Rule, decide, pruner
+
+    cfg = make_cfg()
+    dm = build.build_datamodule(cfg)
+    teacher = build.build_teacher(cfg, dm).model
+    pool = ["minimal", "cutmix", "autoaugment_imagenet", "augmix"]
+    full = score_augmentations(teacher, dm, pool, 100, 25, 3)
+    rounds = score_augmentations(teacher, dm, pool, 100, 25, 3, chunk=25, prune=pruner(Rule(), 1, 3.0))
+    assert decide(rounds, Rule(), 1).selected == decide(full, Rule(), 1).selected
+    used = {s.name: s.num_samples for s in rounds}
+    assert set(used.values()) <= {25, 50, 75, 100} and all(s.num_samples == 100 for s in full)
+    assert min(used.values()) < 100  # something dropped out early
+    # Rounds that keep everyone draw exactly what one pass does (the same batches: CutMix seeds its
+    # mixing by the batch): the same numbers, for every selector.
+    kept = score_augmentations(teacher, dm, pool, 100, 25, 3, chunk=25, prune=lambda scores: [s.name for s in scores])
+    for a, b in zip(full, kept):
+        assert b.num_samples == 100
+        for key in ("m", "ce_cmi", "dev", "cmi", "entropy", "teacher_acc", "variance"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5, abs=1e-6), (a.name, key)
