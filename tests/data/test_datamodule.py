@@ -131,7 +131,7 @@ def test_a_class_sorted_data_set_is_scored_in_a_shuffled_order(tmp_path, make_da
     assert one_class < 0.3  # in class order: every group; shuffled: (1/3)^4 of them
     assert torch.equal(idx, dm.metric_indices(None, seed=0))  # the same order for every pass and candidate
     mixed = rows = 0
-    for _, _images, soft in dm.scoring_loader(["cutmix"], None, 15, seed=0):
+    for _, _, _images, soft in dm.scoring_loader(["cutmix"], None, 15, seed=0):
         rows += len(soft)
         mixed += int(((soft > 0).sum(1) > 1).sum())
     assert mixed / rows > 0.4  # CutMix mixes across classes, as in training (2/3 of the rows at 3 classes)
