@@ -298,6 +298,134 @@ class Bench:
             self.row(f"data pipeline, {name}", rate, step_rate, ratio, "—" if exempt else "≥ 2×", None if exempt else ratio >= 2, "img/s")
         return out
 
+    # ----------------------------------------------------------------------- scoring that stops when decided
+
+    def adaptive_scoring(self) -> dict:
+        """augment=auto's scoring in rounds against scoring every image: the seconds (and their share
+        of the default run's fit), and whether the pick is the same, for seeds 0–4 (1 with --quick), the
+        paper and the reference16 pools, on Fashion-MNIST with the cached teacher, and on small
+        CIFAR-format and ImageFolder sets (random images, as the tests write them) with a random teacher."""
+        import tempfile
+
+        from daqkd.metric.select import decide, pruner, rule_from_config
+
+        m = self.cfg.metric
+        rule, epochs = rule_from_config(m), self.cfg.trainer.max_epochs
+        seeds = [0] if self.quick else [0, 1, 2, 3, 4]
+        out: dict = {"cases": []}
+        same = total = 0
+        seconds = {"full": 0.0, "rounds": 0.0}
+        with tempfile.TemporaryDirectory() as tmp:
+            datasets = [("fashion_mnist", self.dm, self.teacher)] + ([] if self.quick else self.test_datasets(Path(tmp)))
+            for data, dm, teacher in datasets:
+                for pool in ("paper",) if self.quick else ("paper", "reference16"):
+                    names = list(compose_cfg([*self.overrides, f"pool={pool}"]).augment.pool)
+                    n = min(m.num_samples or 2000, 200 if self.quick else (500 if data != "fashion_mnist" else 2000))
+                    for seed in seeds:
+                        t0 = time.perf_counter()
+                        full = score_augmentations(teacher, dm, names, n, m.batch_size, seed)
+                        t1 = time.perf_counter()
+                        rounds = score_augmentations(teacher, dm, names, n, m.batch_size, seed, chunk=m.chunk,
+                                                     prune=pruner(rule, epochs, m.stop_z))
+                        t2 = time.perf_counter()
+                        a, b = decide(full, rule, epochs).selected, decide(rounds, rule, epochs).selected
+                        same, total = same + (a == b), total + 1
+                        if data == "fashion_mnist" and pool == "paper":
+                            seconds["full"] += t1 - t0
+                            seconds["rounds"] += t2 - t1
+                        out["cases"].append({"data": data, "pool": pool, "seed": seed, "images": n, "full_pick": a, "rounds_pick": b,
+                                             "full_s": t1 - t0, "rounds_s": t2 - t1,
+                                             "images_used": {s.name: s.num_samples for s in rounds}})
+        self.row(f"augment=auto scoring in rounds: same pick as every image ({total} cases)", same, total, same / total, "all",
+                 same == total, "cases")
+        k = len(seeds)
+        full_s, rounds_s = seconds["full"] / k, seconds["rounds"] / k
+        steps = self.cfg.trainer.max_epochs * (len(self.dm.train_idx) // self.dm.batch_size)
+        fit_s = steps * self.step_time
+        self.row("augment=auto scoring in rounds vs every image (Fashion-MNIST, paper pool, teacher only)", rounds_s, full_s,
+                 rounds_s / full_s, "faster", rounds_s < full_s, "s")
+        self.row("augment=auto scoring in rounds, share of the default run's fit (estimated)", rounds_s, fit_s, rounds_s / fit_s,
+                 "≤ 10%", rounds_s / fit_s <= 0.10, "s")
+        out.update(same=same, total=total, full_seconds=full_s, rounds_seconds=rounds_s, fit_seconds_estimated=fit_s)
+        return out
+
+    def test_datasets(self, root: Path) -> list:
+        """Small CIFAR-10-format and ImageFolder sets of random images, each with a random teacher."""
+        from PIL import Image
+
+        rng = torch.Generator().manual_seed(0)
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        import pickle
+
+        for j, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+            data = torch.randint(0, 256, (120, 3072), generator=rng, dtype=torch.uint8).numpy()
+            with open(folder / name, "wb") as fh:
+                pickle.dump({b"data": data, b"labels": [(j * 120 + i) % 10 for i in range(120)]}, fh)
+        for c in range(4):
+            for k in range(40):
+                (root / "imgs" / "train" / f"c{c}").mkdir(parents=True, exist_ok=True)
+                arr = torch.randint(0, 256, (24, 24, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(arr).save(root / "imgs" / "train" / f"c{c}" / f"{k}.png")
+        out = []
+        for data, over in (("cifar10", ["dataset=cifar10", f"paths.data_dir={root}", "dataset.datamodule.val_size=60"]),
+                           ("imagefolder", ["dataset=imagefolder", "dataset.num_classes=4", "dataset.image_size=24",
+                                            f"dataset.datamodule.source_options.folder={root / 'imgs'}"])):
+            cfg = compose_cfg([*self.overrides, *over, "dataset.datamodule.num_workers=0", "dataset.datamodule.train_subset=null"])
+            dm = build.build_datamodule(cfg)
+            dm.setup()
+            torch.manual_seed(0)
+            out.append((data, dm, build.build_model(cfg).eval()))
+        return out
+
+    # ----------------------------------------------------------------------- compiled steps
+
+    def compiled_steps(self) -> dict:
+        """The QAT+KD step compiled (inductor) against the compiled FP step plus teacher forward, per
+        quantizer (with --quick: the configured one, with aot_eager, which generates no code: a smoke run)."""
+        out = {}
+        backend = "aot_eager" if self.quick else "inductor"
+        for q in ([self.cfg.quantizer.name] if self.quick else list(QUANTIZERS)):
+            cfg = compose_cfg([*self.overrides, f"quantizer={q}", "optim.scheduler=null"])
+            torch.manual_seed(0)
+            teacher = copy.deepcopy(self.teacher)
+            student = build.build_student(cfg, teacher, self.dm)
+            module = build.build_module(cfg, student, teacher, self.dm).train()
+            module.student.compile(backend=backend)
+            module.teacher.compile(backend=backend)
+            opt = module.configure_optimizers()
+
+            def qat(module=module, opt=opt):
+                loss, _, _ = module.compute_loss(self.batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            fp = copy.deepcopy(self.teacher).train()
+            fp.compile(backend=backend)
+            t_eval = copy.deepcopy(self.teacher).eval()
+            t_eval.compile(backend=backend)
+            fp_opt = torch.optim.Adam(fp.parameters(), 1e-3)
+
+            def limit(fp=fp, t_eval=t_eval, fp_opt=fp_opt, x=self.batch[0], y=self.batch[1]):
+                with torch.inference_mode():
+                    zt = t_eval(x)
+                z = fp(x)
+                loss = cross_entropy(z, y) + kd_kl(z, zt.clone(), 4.0)
+                fp_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                fp_opt.step()
+
+            start = time.perf_counter()
+            qat()
+            limit()
+            compile_s = time.perf_counter() - start
+            q_s, f_s = timed(qat, self.repeat, warmup=1), timed(limit, self.repeat, warmup=1)
+            target = 0.9 if q == "ewgs" else 0.85
+            out[q] = {"qat_ms": 1000 * q_s, "limit_ms": 1000 * f_s, "efficiency": f_s / q_s, "compile_s": compile_s, "backend": backend}
+            self.row(f"compiled QAT+KD step, quantizer={q}", 1000 * q_s, 1000 * f_s, f_s / q_s, f"≥ {target:.0%}", f_s / q_s >= target, "ms")
+        return out
+
     # ----------------------------------------------------------------------- a busy machine
 
     def steps_per_second(self, threads: int, seconds: float) -> float:
@@ -384,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     result["ewgs_delta"] = bench.ewgs_delta()
     result["pipeline"] = bench.pipeline()
     result["contention"] = bench.contention()
+    result["adaptive_scoring"] = bench.adaptive_scoring()
+    result["compiled_step"] = bench.compiled_steps()
     result["memory"] = {"bench_peak_rss_mb": peak_rss_mb()}
     if args.run:
         run = json.loads(Path(args.run).read_text())

@@ -26,6 +26,12 @@ def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
     assert d["seconds"] > 0 and d["estimates_in_default_run"] >= 1 and d["relative_standard_error"] >= 0
     assert all(p["images_per_s"] > 0 and p["ratio"] > 0 for p in data["pipeline"].values())
     assert data["memory"]["bench_peak_rss_mb"] > 100
+    c = data["contention"]
+    assert c["auto"]["threads"] == max(1, c["cores"] - c["loader_workers"]) and c["auto"]["idle_steps_per_s"] > 0
+    a = data["adaptive_scoring"]
+    assert a["total"] == 1 and a["cases"][0]["full_pick"] in a["cases"][0]["images_used"] and a["rounds_seconds"] > 0
+    assert all(0 < v <= 200 for v in a["cases"][0]["images_used"].values())
+    assert data["compiled_step"]["ewgs"]["qat_ms"] > 0 and data["compiled_step"]["ewgs"]["backend"] == "aot_eager"
     figures = {row["figure"] for row in data["table"]}
     assert any(f.startswith("QAT+KD step") for f in figures) and any(f.startswith("DA scoring") for f in figures)
     assert all({"value", "limit", "ratio", "target", "met"} <= set(row) for row in data["table"])
