@@ -41,10 +41,8 @@ from daqkd.metric.scoring import BOOTSTRAP, score_augmentations
 from daqkd.provenance import peak_rss_mb
 from daqkd.quant import EWGSQuantizer, estimate_ewgs_deltas, quantize_model
 from daqkd.quant.ewgs import ewgs_round
+from daqkd.registry import list_kd_methods, list_quantizers
 from daqkd.torchutil import eval_mode
-
-QUANTIZERS = ("ewgs", "pact", "lsq", "dorefa")
-KD_METHODS = ("kd", "sqakd", "none", "at", "nst", "sp", "rkd", "crd", "fitnet", "cc", "vid", "pkt", "dkd")
 
 
 def timed(fn, repeat: int, warmup: int = 1) -> float:
@@ -137,7 +135,7 @@ class Bench:
         self.step_time = main_q
         if self.quick:
             return out
-        for group, options, target in (("quantizer", QUANTIZERS, 0.85), ("kd", KD_METHODS, 0.8)):
+        for group, options, target in (("quantizer", list_quantizers(), 0.85), ("kd", list_kd_methods(), 0.8)):
             for option in options:
                 if option == self.cfg[group].name:
                     continue
@@ -385,7 +383,7 @@ class Bench:
         quantizer (with --quick: the configured one, with aot_eager, which generates no code: a smoke run)."""
         out = {}
         backend = "aot_eager" if self.quick else "inductor"
-        for q in ([self.cfg.quantizer.name] if self.quick else list(QUANTIZERS)):
+        for q in ([self.cfg.quantizer.name] if self.quick else list_quantizers()):
             cfg = compose_cfg([*self.overrides, f"quantizer={q}", "optim.scheduler=null"])
             torch.manual_seed(0)
             teacher = copy.deepcopy(self.teacher)

@@ -12,11 +12,12 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from daqkd.augment import available_augments, build_augmentation
+from daqkd.augment import build_augmentation
 from daqkd.errors import ConfigError
 from daqkd.metric.scoring import SELECTORS
 from daqkd.metric.select import TIES
 from daqkd.quant import check_bits, check_first_last
+from daqkd.registry import AUGMENTS, list_augments
 
 
 def config_dir() -> Path:
@@ -165,9 +166,9 @@ def check_augmentation(key: str, name: str, num_classes: int, params) -> None:
     try:
         build_augmentation(name, num_classes, params)
     except (ValueError, TypeError) as e:
-        unknown = [part for part in name.split("+") if part not in available_augments()]
+        unknown = [part for part in name.split("+") if part not in AUGMENTS]
         if unknown:
-            raise ConfigError(f"{key}: {unknown[0]!r} is not a DA; choose from {', '.join(available_augments())} "
+            raise ConfigError(f"{key}: {unknown[0]!r} is not a DA; choose from {', '.join(list_augments())} "
                               "(combine a per-image DA with cutmix or mixup as a+cutmix)") from e
         raise ConfigError(f"{key}={name}: {e}") from e
 

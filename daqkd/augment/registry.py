@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from daqkd.registry import AUGMENTS, list_augments
+
 PAPER_POOL = (
     "minimal",
     "autoaugment_cifar10",
@@ -47,27 +49,23 @@ def _random_erasing(p: float = 0.5, **kw):
     return v2.RandomErasing(p=p, **kw)
 
 
-# Per-image DAs: name -> factory(**params) -> uint8 transform. Defaults are the paper's settings.
-SAMPLE_AUGMENTS: dict[str, Callable[..., v2.Transform] | None] = {
-    "minimal": None,
-    "autoaugment_cifar10": _autoaugment("cifar10"),
-    "autoaugment_imagenet": _autoaugment("imagenet"),
-    "autoaugment_svhn": _autoaugment("svhn"),
-    "augmix": _augmix,
-    "randaugment": _randaugment,
-    "trivialaugment": lambda **kw: v2.TrivialAugmentWide(**kw),
-    "random_erasing": _random_erasing,
-}
-
-# Batch DAs: name -> factory(num_classes, **params) -> transform on (images, labels).
-BATCH_AUGMENTS: dict[str, Callable[..., v2.Transform]] = {
-    "cutmix": lambda num_classes, alpha=1.0: v2.CutMix(num_classes=num_classes, alpha=alpha),
-    "mixup": lambda num_classes, alpha=1.0: v2.MixUp(num_classes=num_classes, alpha=alpha),
-}
+# Per-image DAs: factory(**params) -> uint8 transform (None: nothing beyond the base crop and flip);
+# batch DAs (batch=True): factory(num_classes, **params) -> transform on (images, labels).
+# Defaults are the paper's settings. daqkd.registry.AUGMENTS; list_augments() lists them.
+AUGMENTS.add("minimal", None)
+AUGMENTS.add("autoaugment_cifar10", _autoaugment("cifar10"))
+AUGMENTS.add("autoaugment_imagenet", _autoaugment("imagenet"))
+AUGMENTS.add("autoaugment_svhn", _autoaugment("svhn"))
+AUGMENTS.add("augmix", _augmix)
+AUGMENTS.add("randaugment", _randaugment)
+AUGMENTS.add("trivialaugment", lambda **kw: v2.TrivialAugmentWide(**kw))
+AUGMENTS.add("random_erasing", _random_erasing)
+AUGMENTS.add("cutmix", lambda num_classes, alpha=1.0: v2.CutMix(num_classes=num_classes, alpha=alpha), batch=True)
+AUGMENTS.add("mixup", lambda num_classes, alpha=1.0: v2.MixUp(num_classes=num_classes, alpha=alpha), batch=True)
 
 
-def available_augments() -> list[str]:
-    return sorted(set(SAMPLE_AUGMENTS) | set(BATCH_AUGMENTS))
+def is_batch_augment(name: str) -> bool:
+    return bool(AUGMENTS.meta(name).get("batch"))
 
 
 @dataclass(frozen=True)
@@ -88,17 +86,16 @@ def build_augmentation(name: str, num_classes: int, params: Mapping[str, Mapping
     sample, batch = [], []
     for part in name.split("+"):
         kw = dict(params.get(part, {}))
-        if part in SAMPLE_AUGMENTS:
-            factory = SAMPLE_AUGMENTS[part]
-            if factory is not None:
-                sample.append(factory(**kw))
-        elif part in BATCH_AUGMENTS:
-            batch.append(BATCH_AUGMENTS[part](num_classes, **kw))
-        else:
+        if part not in AUGMENTS:
             raise ValueError(
-                f"unknown augmentation {part!r} in {name!r}; available: {', '.join(available_augments())} "
+                f"unknown augmentation {part!r} in {name!r}; available: {', '.join(list_augments())} "
                 "(combine a per-image DA with a batch DA using '+', e.g. trivialaugment+cutmix)"
             )
+        factory = AUGMENTS.get(part)
+        if is_batch_augment(part):
+            batch.append(factory(num_classes, **kw))
+        elif factory is not None:
+            sample.append(factory(**kw))
     if len(batch) > 1:
         raise ValueError(f"{name!r} combines {len(batch)} batch augmentations; use at most one")
     sample_t = None if not sample else (sample[0] if len(sample) == 1 else v2.Compose(sample))

@@ -23,29 +23,19 @@ import numpy as np
 import torch
 
 from daqkd.errors import ConfigError, DataError, DatasetNotFoundError
+from daqkd.registry import SOURCES
 
 log = logging.getLogger(__name__)
 
 
-_READERS: dict[str, Callable[..., tuple]] = {}
-
-
 def register_source(name: str):
-    """Decorator: register ``reader(root, download=False, **options) -> (train, test)`` as data set ``name``."""
-
-    def wrap(fn):
-        if name in _READERS:
-            raise ValueError(f"data set {name!r} is registered twice")
-        _READERS[name] = fn
-        return fn
-
-    return wrap
+    """Decorator: register ``reader(root, download=False, **options) -> (train, test)`` as data set
+    ``name`` (daqkd.registry.SOURCES)."""
+    return SOURCES.register(name)
 
 
 def reader(name: str) -> Callable[..., tuple]:
-    if name not in _READERS:
-        raise ConfigError(f"unknown data set {name!r}; available: {', '.join(sorted(_READERS))}")
-    return _READERS[name]
+    return SOURCES.get(name)
 
 
 def check_source_options(name: str, options: Mapping[str, Any]) -> None:

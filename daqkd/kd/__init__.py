@@ -13,6 +13,11 @@ from daqkd.kd.rkd import RelationalKD
 from daqkd.kd.sp import SimilarityPreserving
 from daqkd.kd.taps import FeatureTaps, KDBatch, KDMethod, feature_shapes
 from daqkd.kd.vid import VariationalInformation
+from daqkd.registry import KD_METHODS
+
+# The logit-only objectives (conf/kd/kd.yaml, sqakd.yaml, none.yaml) add no method: γ·CE + α·KL only.
+for _name in ("kd", "sqakd", "none"):
+    KD_METHODS.add(_name, None, logit_only=True)
 
 __all__ = [
     "AttentionTransfer",

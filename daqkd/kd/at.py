@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
+from daqkd.registry import KD_METHODS
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
 
 
+@KD_METHODS.register("at")
 class AttentionTransfer(KDMethod):
     def __init__(self, student_shapes=(), teacher_shapes=(), p: float = 2.0):
         super().__init__()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
+from daqkd.registry import KD_METHODS
 
 
 def taylor_rbf(e: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
@@ -18,6 +19,7 @@ def taylor_rbf(e: torch.Tensor, gamma: float, order: int) -> torch.Tensor:
     return sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * g.pow(p) for p in range(order + 1))
 
 
+@KD_METHODS.register("cc")
 class CorrelationCongruence(KDMethod):
     def __init__(self, student_shapes=(), teacher_shapes=(), gamma: float = 0.4, order: int = 2):
         super().__init__()

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, embedding_dims, last_embedding
+from daqkd.registry import KD_METHODS
 
 
 def gathered(z: torch.Tensor) -> list[torch.Tensor]:
@@ -23,6 +24,7 @@ def gathered(z: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
+@KD_METHODS.register("crd")
 class ContrastiveRepresentation(KDMethod):
     def __init__(self, student_shapes, teacher_shapes, embed_dim: int = 128, bank_size: int = 4096, temperature: float = 0.07):
         super().__init__()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod
+from daqkd.registry import KD_METHODS
 from daqkd.torchutil import hard_labels
 
 
@@ -29,6 +30,7 @@ def dkd_terms(zs: torch.Tensor, zt: torch.Tensor, target: torch.Tensor, temperat
     return tckd, nckd
 
 
+@KD_METHODS.register("dkd")
 class DecoupledKD(KDMethod):
     uses_features = False  # a logit method: no feature taps
 

@@ -7,8 +7,10 @@ import torch
 import torch.nn as nn
 
 from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
+from daqkd.registry import KD_METHODS
 
 
+@KD_METHODS.register("fitnet")
 class FitNet(KDMethod):
     def __init__(self, student_shapes, teacher_shapes):
         super().__init__()

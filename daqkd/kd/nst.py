@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
+from daqkd.registry import KD_METHODS
 
 
 def poly_mmd(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -16,6 +17,7 @@ def poly_mmd(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (k(s, s) + k(t, t) - 2 * k(s, t)).mean()
 
 
+@KD_METHODS.register("nst")
 class NeuronSelectivityTransfer(KDMethod):
     def __init__(self, student_shapes=(), teacher_shapes=()):
         super().__init__()

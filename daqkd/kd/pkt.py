@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
+from daqkd.registry import KD_METHODS
 
 EPS = 1e-7
 
@@ -17,6 +18,7 @@ def conditional_probabilities(e: torch.Tensor) -> torch.Tensor:
     return sim / sim.sum(1, keepdim=True)
 
 
+@KD_METHODS.register("pkt")
 class ProbabilisticKT(KDMethod):
     def __init__(self, student_shapes=(), teacher_shapes=()):
         super().__init__()

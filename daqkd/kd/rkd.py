@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
+from daqkd.registry import KD_METHODS
 
 
 def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
@@ -31,6 +32,7 @@ def angle_potential(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v, v.transpose(1, 2)).flatten()  # cos of angle i-j-k for every (j, i, k)
 
 
+@KD_METHODS.register("rkd")
 class RelationalKD(KDMethod):
     def __init__(self, student_shapes=(), teacher_shapes=(), distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__()

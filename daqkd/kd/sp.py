@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, last_embedding
+from daqkd.registry import KD_METHODS
 
 
 def batch_similarity(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f @ f.T, dim=1)
 
 
+@KD_METHODS.register("sp")
 class SimilarityPreserving(KDMethod):
     def __init__(self, student_shapes=(), teacher_shapes=()):
         super().__init__()

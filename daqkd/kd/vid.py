@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from daqkd.kd.taps import KDBatch, KDMethod, spatial_pairs
+from daqkd.registry import KD_METHODS
 
 
 class VIDHead(nn.Module):
@@ -30,6 +31,7 @@ class VIDHead(nn.Module):
         return (0.5 * (var.log() + (t - self.mean(s)).pow(2) / var)).mean()
 
 
+@KD_METHODS.register("vid")
 class VariationalInformation(KDMethod):
     def __init__(self, student_shapes, teacher_shapes, init_var: float = 5.0):
         super().__init__()

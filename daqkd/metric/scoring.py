@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from daqkd.metric.core import EPS, bootstrap_metric, entropy, metric_score, soft_targets, variance_groups
+from daqkd.registry import SELECTORS
 from daqkd.torchutil import eval_mode, hard_labels
 
 log = logging.getLogger(__name__)
@@ -72,28 +73,25 @@ class AugmentScore:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# selector name -> (value to minimise, the raw field it comes from)
-SELECTORS: dict[str, tuple[Callable[[AugmentScore], float], str]] = {
-    "m": (lambda s: s.m, "m"),
-    "variance": (lambda s: s.variance, "variance"),
-    "cmi": (lambda s: -s.cmi, "cmi"),
-    "ce_cmi": (lambda s: s.ce_cmi, "ce_cmi"),
-    "dev": (lambda s: s.dev, "dev"),
-    "entropy": (lambda s: s.entropy, "entropy"),
-    "teacher_acc": (lambda s: -s.teacher_acc, "teacher_acc"),
-    "student_m": (lambda s: s.student_m, "student_m"),
-}
+# Each selector: the value it minimises, and the record's field whose ``_se`` is its standard error
+# (daqkd.registry.SELECTORS; list_selectors() lists them).
+SELECTORS.add("m", lambda s: s.m, field="m")
+SELECTORS.add("variance", lambda s: s.variance, field="variance")
+SELECTORS.add("cmi", lambda s: -s.cmi, field="cmi")
+SELECTORS.add("ce_cmi", lambda s: s.ce_cmi, field="ce_cmi")
+SELECTORS.add("dev", lambda s: s.dev, field="dev")
+SELECTORS.add("entropy", lambda s: s.entropy, field="entropy")
+SELECTORS.add("teacher_acc", lambda s: -s.teacher_acc, field="teacher_acc")
+SELECTORS.add("student_m", lambda s: s.student_m, field="student_m")
 
 
 def selector_value(score: AugmentScore, selector: str) -> float:
     """The value ``selector`` minimises for this candidate (lower is predicted better)."""
-    if selector not in SELECTORS:
-        raise ValueError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
-    return SELECTORS[selector][0](score)
+    return SELECTORS.get(selector)(score)
 
 
 def selector_se(score: AugmentScore, selector: str) -> float:
-    return getattr(score, SELECTORS[selector][1] + "_se")
+    return getattr(score, SELECTORS.meta(selector)["field"] + "_se")
 
 
 @dataclass

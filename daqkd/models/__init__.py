@@ -1,7 +1,6 @@
-"""Model registry and factory.
-
-Every architecture registers a builder under a short name; ``create_model`` is the one way to
-build a model, and ``default_feature_layers`` names each model's default KD feature taps.
+"""Models: every architecture registers a builder under a short name (daqkd.registry.MODELS,
+``list_models``); ``create_model`` is the one way to build a model, and ``default_feature_layers``
+names each model's default KD feature taps.
 """
 from __future__ import annotations
 
@@ -10,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from daqkd.registry import MODELS
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -17,32 +18,14 @@ class ModelEntry:
     feature_layers: tuple[str, ...] = field(default_factory=tuple)
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
 def register_model(name: str, feature_layers: tuple[str, ...] = ()):
-    """Decorator: register ``builder(num_classes, in_channels, **kw)`` under ``name``."""
+    """Decorator: register ``builder(num_classes, in_channels, **kw)`` as model ``name`` (daqkd.registry.MODELS)."""
 
     def wrap(builder):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(builder, tuple(feature_layers))
+        MODELS.add(name, ModelEntry(builder, tuple(feature_layers)))
         return builder
 
     return wrap
-
-
-def available_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _entry(name: str) -> ModelEntry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; available models: {', '.join(available_models())}"
-        ) from None
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kw) -> nn.Module:
@@ -50,12 +33,12 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kw) -> nn.
 
     ``image_size`` (optional) lets a model pick its stem for the input resolution (ResNet-18,
     MobileNetV2); the CIFAR-style models ignore it."""
-    return _entry(name).builder(num_classes=num_classes, in_channels=in_channels, **kw)
+    return MODELS.get(name).builder(num_classes=num_classes, in_channels=in_channels, **kw)
 
 
 def default_feature_layers(name: str) -> tuple[str, ...]:
     """Names of the modules whose outputs feature-KD losses tap by default."""
-    return _entry(name).feature_layers
+    return MODELS.get(name).feature_layers
 
 
 # Importing the model files fills the registry.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from daqkd.quant.base import Grid, Quantizer, mse_range
+from daqkd.registry import QUANTIZERS
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,7 @@ def dorefa_weight(w: torch.Tensor, levels: int) -> torch.Tensor:
     return 2 * quantize_k(r, levels) - 1
 
 
+@QUANTIZERS.register("dorefa")
 class DoReFaQuantizer(Quantizer):
     def __init__(self, bits: int, signed: bool, role: str = "activation"):
         super().__init__(bits, signed, role)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from daqkd.quant.base import Grid, Quantizer, input_range, mse_range
+from daqkd.registry import QUANTIZERS
 from daqkd.torchutil import eval_mode
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class EWGSQuantize(torch.autograd.Function):
         return grad_x, (s_xn - s_all) / r, -s_xn / r, None, None, None
 
 
+@QUANTIZERS.register("ewgs")
 class EWGSQuantizer(Quantizer):
     """Learnable interval [l, u]; δ per quantizer, kept as a buffer so checkpoints carry it.
 

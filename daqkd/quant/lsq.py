@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from daqkd.quant.base import Grid, Quantizer, mse_range
+from daqkd.registry import QUANTIZERS
 
 
 class LSQQuantize(torch.autograd.Function):
@@ -38,6 +39,7 @@ class LSQQuantize(torch.autograd.Function):
         return grad_x, grad_s.reshape(()), None, None, None
 
 
+@QUANTIZERS.register("lsq")
 class LSQQuantizer(Quantizer):
     def __init__(self, bits: int, signed: bool, role: str = "activation"):
         super().__init__(bits, signed, role)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from daqkd.quant.base import Grid, Quantizer, input_range, mse_range
+from daqkd.registry import QUANTIZERS
 
 
 class PACTQuantize(torch.autograd.Function):
@@ -35,6 +36,7 @@ class PACTQuantize(torch.autograd.Function):
         return g * ~(above | below), (g * above).sum().reshape(()), grad_lower, None
 
 
+@QUANTIZERS.register("pact")
 class PACTQuantizer(Quantizer):
     def __init__(self, bits: int, signed: bool, role: str = "activation", init_alpha: float | None = None):
         super().__init__(bits, signed, role)

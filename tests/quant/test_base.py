@@ -241,14 +241,14 @@ def test_every_model_and_quantizer_at_w8a8_agrees_with_its_teacher(session_cfg, 
     import copy
 
     from daqkd import build
-    from daqkd.models import available_models
+    from daqkd.registry import list_models
     from daqkd.quant import calibrate, quantize_model
 
     dm = build.build_datamodule(session_cfg())
     dm.setup("fit")
     x = torch.stack([dm.pipeline(None).per_image(dm.test_set.image(i)) for i in range(1000)])
     failures = []
-    for name in sorted(available_models()):
+    for name in list_models():
         teacher = briefly_trained(name)
         with torch.no_grad():
             expected = teacher(x).argmax(1)
