@@ -9,15 +9,67 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from daqkd.augment import build_augmentation
+from daqkd.augment.registry import PAPER_POOL, REFERENCE_POOL
 from daqkd.errors import ConfigError
 from daqkd.metric.scoring import SELECTORS
 from daqkd.metric.select import TIES
 from daqkd.quant import check_bits, check_first_last
-from daqkd.registry import AUGMENTS, list_augments
+from daqkd.registry import AUGMENTS, list_augments, list_models
+
+
+def _pool(name: str) -> list[str]:
+    """``${daqkd.pool:paper}``: a pool of candidate DAs, from the one list in daqkd/augment/registry.py."""
+    pools = {"paper": PAPER_POOL, "reference16": REFERENCE_POOL}
+    if name not in pools:
+        raise ConfigError(f"unknown pool {name!r}; available: {', '.join(pools)}")
+    return list(pools[name])
+
+
+def _sweep(*parts) -> str:
+    """``${daqkd.sweep:${augment.pool},auto}``: lists and names joined into a sweeper's comma list."""
+    out: list[str] = []
+    for p in parts:
+        out += [str(v) for v in p] if isinstance(p, (list, ListConfig)) else [str(p)]
+    return ",".join(out)
+
+
+OmegaConf.register_new_resolver("daqkd.pool", _pool, replace=True)
+OmegaConf.register_new_resolver("daqkd.sweep", _sweep, replace=True)
+
+
+def _store_models() -> None:
+    """One ``model=<name>`` option per registered model (daqkd.registry.MODELS), the same for all:
+    the name, the factory, and the feature taps (null: those registered with the model)."""
+    store = ConfigStore.instance()
+    for name in list_models():
+        store.store(group="model", name=name, node={
+            "name": name,
+            "factory": {"_target_": "daqkd.models.create_model", "_partial_": True, "name": "${model.name}"},
+            "feature_layers": None,
+        })
+
+
+_store_models()
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files and the options stored in code (model=)."""
+    names = {p.stem for p in (config_dir() / group).glob("*.yaml")} if (config_dir() / group).is_dir() else set()
+    names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)} if _in_store(group) else set()
+    return sorted(names)
+
+
+def _in_store(group: str) -> bool:
+    try:
+        ConfigStore.instance().list(group)
+        return True
+    except (OSError, KeyError, AttributeError):
+        return False
 
 
 def config_dir() -> Path:
@@ -258,9 +310,8 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
             if group in ("hydra.run.dir", "hydra.sweep.dir"):
                 check_writable(Path(o.get_value_element_as_str()), group)
             continue
-        folder = config_dir() / group
-        if folder.is_dir() and not o.is_delete():
-            options = sorted(p.stem for p in folder.glob("*.yaml"))
+        options = group_options(group)
+        if options and not o.is_delete():
             for v in values if values is not None else [o.get_value_element_as_str()]:
                 if v not in options and v != "null":
                     raise ConfigError(f"{group}={v} is not an option of {group}; choose one of {', '.join(options)}")

@@ -4,12 +4,13 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from daqkd.config import ConfigError, config_dir, normalize_overrides, validate_config
+from daqkd.config import ConfigError, config_dir, group_options, normalize_overrides, validate_config
 
-GROUPS = ["dataset", "model", "augment", "metric", "quantizer", "bits", "kd", "trainer", "logger", "experiment", "debug", "optim", "teacher"]
+GROUPS = ["dataset", "model", "augment", "metric", "quantizer", "bits", "kd", "trainer", "logger", "experiment", "debug", "optim",
+          "teacher", "pool", "sweep"]
 
 def options(group):
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    return group_options(group)
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(make_cfg, group, option):

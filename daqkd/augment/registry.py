@@ -18,6 +18,8 @@ from torchvision.transforms import v2
 
 from daqkd.registry import AUGMENTS, list_augments
 
+# The pools of candidates (conf/pool/*.yaml read them through ${daqkd.pool:<name>}): the DA paper's 7,
+# and the reference code's 8 base DAs, each without and with CutMix.
 PAPER_POOL = (
     "minimal",
     "autoaugment_cifar10",
@@ -27,6 +29,9 @@ PAPER_POOL = (
     "randaugment",
     "trivialaugment",
 )
+_REFERENCE_BASE = ("minimal", "autoaugment_cifar10", "autoaugment_imagenet", "autoaugment_svhn", "augmix", "randaugment",
+                   "trivialaugment", "random_erasing")
+REFERENCE_POOL = _REFERENCE_BASE + ("cutmix",) + tuple(f"{d}+cutmix" for d in _REFERENCE_BASE[1:])
 
 
 def _autoaugment(policy: str) -> Callable[..., v2.Transform]:

@@ -5,12 +5,12 @@ import torch
 
 from daqkd.kd import feature_shapes
 from daqkd.models import create_model, default_feature_layers
-from daqkd.registry import list_models
 from daqkd.quant import (
     calibrate,
     quant_layers,
     quantize_model,
 )
+from daqkd.registry import list_models
 
 SHAPES = [(1, 28, 10), (3, 32, 100), (3, 64, 200)]  # (channels, size, classes)
 

@@ -241,8 +241,8 @@ def test_every_model_and_quantizer_at_w8a8_agrees_with_its_teacher(session_cfg, 
     import copy
 
     from daqkd import build
-    from daqkd.registry import list_models
     from daqkd.quant import calibrate, quantize_model
+    from daqkd.registry import list_models
 
     dm = build.build_datamodule(session_cfg())
     dm.setup("fit")
