@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daqkd.augment.registry import PAPER_POOL
+from daqkd.result import RunResult
 
 
 @dataclass
@@ -47,8 +48,8 @@ class Job:
 def job_ok(folder: Path) -> bool:
     """Whether ``folder/results.json`` records a finished run."""
     try:
-        return json.loads((folder / "results.json").read_text()).get("status") == "ok"
-    except (OSError, ValueError):
+        return RunResult.load(folder / "results.json").ok
+    except (OSError, ValueError, TypeError):
         return False
 
 

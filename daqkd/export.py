@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from daqkd.errors import CheckpointError, DaqkdError, reported_as_one_line
 from daqkd.io import atomic_torch_save, atomic_write_json, read_checkpoint
 from daqkd.quant.base import FULL_PRECISION, Grid, Quantizer, QuantLayerMixin
+from daqkd.result import RunResult
 
 log = logging.getLogger(__name__)
 OPSET = 13
@@ -416,9 +417,10 @@ def locate_run(target: str | Path) -> tuple[dict, Path]:
         raise CheckpointError(f"{target} does not exist; pass a run folder (with results.json) or a .ckpt inside one")
     folder = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints" else target.parent)
     results = folder / "results.json"
-    config = None
+    config, run = None, None
     if results.is_file():
-        config = json.loads(results.read_text()).get("config")
+        run = RunResult.load(results)
+        config = run.config or None
     elif (folder / ".hydra" / "config.yaml").is_file():
         config = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
     if config is None:
@@ -426,8 +428,8 @@ def locate_run(target: str | Path) -> tuple[dict, Path]:
                               "that daqkd.run wrote)")
     if target.is_dir():
         ckpt = None
-        if results.is_file():
-            ckpt = (json.loads(results.read_text()).get("student") or {}).get("ckpt")
+        if run is not None and run.student is not None:
+            ckpt = run.student.ckpt
         ckpt = Path(ckpt) if ckpt and Path(ckpt).is_file() else folder / "checkpoints" / "last.ckpt"
     else:
         ckpt = target

@@ -65,6 +65,9 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def __len__(self) -> int:
+        return len(self.names())
+
 
 MODELS: Registry = Registry("model", "daqkd.models")
 SOURCES: Registry = Registry("data set", "daqkd.data.sources")

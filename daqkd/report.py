@@ -42,20 +42,21 @@ from daqkd.augment.registry import PAPER_POOL
 from daqkd.errors import DaqkdError, reported_as_one_line
 from daqkd.metric.scoring import SELECTORS, AugmentScore, pick, selector_value
 from daqkd.metric.select import Rule, decide
+from daqkd.result import RunResult
 
 # Short names for the fields people group by; anything else is a dotted path into results.json.
-FIELDS: dict[str, Callable[[dict], Any]] = {
-    "quantizer": lambda r: r["student"]["quantizer"],
-    "bits": lambda r: f"W{r['student']['bits_w']}A{r['student']['bits_a']}",
-    "kd": lambda r: r["student"].get("kd", r["config"]["kd"]["name"]),
-    "augment": lambda r: r["config"]["augment"]["name"],
-    "selected": lambda r: r["selected_augment"],
-    "seed": lambda r: r["config"]["seed"],
-    "dataset": lambda r: r["config"]["dataset"]["name"],
-    "model": lambda r: r["config"]["model"]["name"],
-    "epochs": lambda r: r["config"].get("trainer", {}).get("max_epochs"),
-    "test_acc": lambda r: 100 * r["student"]["test_acc"],
-    "teacher_acc": lambda r: 100 * r["teacher"]["test_acc"],
+FIELDS: dict[str, Callable[[RunResult], Any]] = {
+    "quantizer": lambda r: r.student.quantizer,
+    "bits": lambda r: f"W{r.student.bits_w}A{r.student.bits_a}",
+    "kd": lambda r: r.student.kd,
+    "augment": lambda r: r.config["augment"]["name"],
+    "selected": lambda r: r.selected_augment,
+    "seed": lambda r: r.config["seed"],
+    "dataset": lambda r: r.config["dataset"]["name"],
+    "model": lambda r: r.config["model"]["name"],
+    "epochs": lambda r: r.config.get("trainer", {}).get("max_epochs"),
+    "test_acc": lambda r: 100 * r.student.test_acc,
+    "teacher_acc": lambda r: 100 * r.teacher.test_acc,
 }
 TITLE = ("dataset", "model", "quantizer", "bits", "kd")  # always in a setting's title
 
@@ -74,10 +75,11 @@ class ReportError(DaqkdError):
     """A report that cannot be made as asked (a missing folder, two runs of one setting, DA and seed)."""
 
 
-def field(results: dict, name: str) -> Any:
+def field(results: RunResult, name: str) -> Any:
+    """A short field name (FIELDS), or a dotted path into the run's results.json."""
     if name in FIELDS:
         return FIELDS[name](results)
-    value: Any = results
+    value: Any = results.to_dict()
     for part in name.split("."):
         value = value[part]
     return value
@@ -93,9 +95,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def setting_config(r: dict) -> dict[str, Any]:
+def setting_config(r: RunResult) -> dict[str, Any]:
     """The keys and values that make a run's setting (see the module's docstring)."""
-    flat, composed = flatten(r.get("config", {})), flatten(r.get("config_composed", {}))
+    flat, composed = flatten(r.config), flatten(r.config_composed)
     out = {}
     for k, v in flat.items():
         if any(k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_A_SETTING):
@@ -109,19 +111,19 @@ def setting_config(r: dict) -> dict[str, Any]:
     return out
 
 
-def load_results(folders: list[Path]) -> tuple[list[dict], list[dict]]:
-    """(finished runs, failed runs) below ``folders``."""
+def load_results(folders: list[Path]) -> tuple[list[RunResult], list[RunResult]]:
+    """(finished runs, failed runs) below ``folders``, of any results.json schema (daqkd.result)."""
     runs, failed = [], []
     for folder in folders:
         if not folder.is_dir():
             raise ReportError(f"{folder} is not a folder; pass a sweep folder such as multirun/<date_time> or a run folder")
         for path in sorted(folder.rglob("results.json")):
             try:
-                r = json.loads(path.read_text()) | {"_path": str(path)}
-            except json.JSONDecodeError as e:
+                r = RunResult.load(path)
+            except (ValueError, TypeError) as e:
                 print(f"skipping unreadable {path}: {e}", file=sys.stderr)
                 continue
-            (failed if r.get("status") == "failed" else runs).append(r)
+            (runs if r.ok else failed).append(r)
     return runs, failed
 
 
@@ -164,23 +166,20 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- per setting
 
 
-def trained_da(r: dict) -> str:
-    return r["config"]["augment"]["name"]
+def trained_da(r: RunResult) -> str:
+    return r.config["augment"]["name"]
 
 
-def own_score(r: dict) -> AugmentScore | None:
+def own_score(r: RunResult) -> AugmentScore | None:
     """The scores of the DA a fixed-DA run trained with (recorded when metric.score_fixed=true)."""
-    for s in r.get("augment_scores", []):
-        if s["name"] == r["selected_augment"]:
-            return AugmentScore.from_dict(s)
-    return None
+    return next((s for s in r.augment_scores if s.name == r.selected_augment), None)
 
 
-def pool_order(runs: list[dict], das: set[str]) -> list[str]:
+def pool_order(runs: list[RunResult], das: set[str]) -> list[str]:
     """The DAs in pool order (the runs' ``augment.pool``, then the paper pool), the tie rule's order."""
     order: list[str] = []
     for r in runs:
-        order += [d for d in r["config"].get("augment", {}).get("pool") or [] if d not in order]
+        order += [d for d in r.config.get("augment", {}).get("pool") or [] if d not in order]
     order += [d for d in PAPER_POOL if d not in order]
     return [d for d in order if d in das] + sorted(das - set(order))
 
@@ -188,7 +187,7 @@ def pool_order(runs: list[dict], das: set[str]) -> list[str]:
 class Setting:
     """The fixed-DA and auto runs of one setting."""
 
-    def __init__(self, config: dict[str, Any], runs: list[dict], varying: Sequence[str] = ()):
+    def __init__(self, config: dict[str, Any], runs: list[RunResult], varying: Sequence[str] = ()):
         self.config = config
         r0 = runs[0]
         self.title = " / ".join(str(field(r0, f)) for f in TITLE)
@@ -202,13 +201,13 @@ class Setting:
             da = trained_da(r)
             if da == "auto":
                 continue
-            seed = r["config"]["seed"]
-            folder = str(Path(r["_path"]).parent) if "_path" in r else "?"
+            seed = r.config["seed"]
+            folder = str(Path(r.path).parent) if r.path else "?"
             if (da, seed) in where:
                 raise ReportError(f"two runs of one setting with augment={da} and seed={seed}: {where[da, seed]} and {folder}; "
                                   "report them apart, or remove one")
             where[da, seed] = folder
-            self.acc[da][seed] = 100 * r["student"]["test_acc"]
+            self.acc[da][seed] = 100 * r.student.test_acc
             s = own_score(r)
             if s is not None:
                 self.scores[da][seed] = s
@@ -297,8 +296,8 @@ def _hashable(v: Any) -> Any:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def settings_of(runs: list[dict]) -> list[Setting]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def settings_of(runs: list[RunResult]) -> list[Setting]:
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
     configs: dict[tuple, dict] = {}
     for r in runs:
         cfg = setting_config(r)
@@ -352,8 +351,8 @@ def setting_markdown(st: Setting) -> tuple[str, list[dict]]:
                   f"{auto['vs_minimal_se']:.2f}, paired over {auto['seeds']} seeds) and the best fixed DA's ({auto['best']}) regret "
                   f"{auto['regret']:.2f} points.", ""]
     if st.auto:
-        accs = [100 * r["student"]["test_acc"] for r in st.auto]
-        picks = ", ".join(sorted({r["selected_augment"] for r in st.auto}))
+        accs = [100 * r.student.test_acc for r in st.auto]
+        picks = ", ".join(sorted({r.selected_augment for r in st.auto}))
         line = f"auto ({picks}): {cell(accs)}"
         if st.das:
             best, worst = st.das[0], st.das[-1]
@@ -501,7 +500,7 @@ def scatter(settings: list[Setting], path: Path) -> None:
 # ----------------------------------------------------------------------------- the plain pivot
 
 
-def pivot(runs: list[dict], rows: str, cols: str, metric: str) -> tuple[list, list, dict]:
+def pivot(runs: list[RunResult], rows: str, cols: str, metric: str) -> tuple[list, list, dict]:
     table: dict[tuple, list[float]] = defaultdict(list)
     for r in runs:
         table[(field(r, rows), field(r, cols))].append(float(field(r, metric)))
@@ -542,7 +541,7 @@ def report(args: argparse.Namespace) -> int:
     parts = [f"# Sweep report: {len(runs)} runs in {len(settings)} setting{'s' if len(settings) > 1 else ''}"
              + (f", {len(failed)} failed and left out" if failed else "")]
     for r in failed:
-        parts.append(f"- failed: {Path(r['_path']).parent} — {r.get('error', '?')}")
+        parts.append(f"- failed: {Path(r.path).parent} — {r.error or '?'}")
     csv_rows = []
     for family in families:
         text, rows = budget_markdown(family)
@@ -575,7 +574,7 @@ def report(args: argparse.Namespace) -> int:
     if args.wandb:
         from daqkd.wandb_setup import log_sweep_summary
 
-        runs_table = [[str(Path(r["_path"]).parent), field(r, "augment"), field(r, "selected"), field(r, "seed"), field(r, "test_acc")]
+        runs_table = [[str(Path(r.path).parent), field(r, "augment"), field(r, "selected"), field(r, "seed"), field(r, "test_acc")]
                       for r in runs]
         where = log_sweep_summary(out, {"selectors": (keys, [[row.get(k) for k in keys] for row in csv_rows]),
                                         "runs": (["run", "augment", "selected", "seed", "test_acc"], runs_table)}, figures)

@@ -6,7 +6,6 @@ commands). The builders live in daqkd.build; this module only wires them in orde
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -36,10 +35,11 @@ from daqkd.build import (
 from daqkd.compile import AutoCompile
 from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
 from daqkd.errors import ConfigError, Preempted, reported_as_one_line
-from daqkd.io import CheckpointOnSigterm, atomic_write_json
+from daqkd.io import CheckpointOnSigterm
 from daqkd.metric.callback import DAMetricCallback
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
+from daqkd.result import RunResult, StudentResult, TeacherResult
 from daqkd.rundir import relaunch, resume_or_start
 from daqkd.torchutil import set_threads, usable_cores
 
@@ -51,7 +51,7 @@ log = logging.getLogger("daqkd")
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunResult:
     """Run the whole pipeline for one config; returns what it writes to results.json.
 
     ``extra_callbacks`` are added to the Trainer's (for instrumenting a run from Python)."""
@@ -101,40 +101,33 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
     selection = selector.selection
     bits_w, bits_a = student_bits(cfg)
-    results = {
-        "status": "ok",
-        "selected_augment": selection.selected,
-        "selection_how": selection.how,
-        "augment_scores": [s.as_dict() for s in selection.scores],
-        "teacher": {"ckpt": teacher.ckpt, "sha256": sha256_file(teacher.ckpt), "test_acc": teacher.test_acc, "source": teacher.source,
-                    "augment": cfg.teacher.augment},
-        "student": {
-            "test_acc": float(test_metrics["test/acc"]),
-            "test_loss": float(test_metrics["test/loss"]),
-            "ckpt": best or None,
-            "quantizer": cfg.quantizer.name,
-            "bits_w": bits_w,
-            "bits_a": bits_a,
-            "kd": cfg.kd.name,
-            "epochs": trainer.current_epoch,
-        },
-        "seconds": seconds,
-        "peak_rss_mb": peak_rss_mb(),
-        "compile": next((c.decision for c in trainer.callbacks if isinstance(c, AutoCompile)), None),
-        "threads": {"torch": threads, "loader_workers": cfg.dataset.datamodule.num_workers, "cores": usable_cores()},
-        "provenance": provenance(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "config_composed": OmegaConf.to_container(cfg, resolve=False),  # which values follow the seed or the paths
-    }
+    result = RunResult(
+        status="ok",
+        selected_augment=selection.selected,
+        selection_how=selection.how,
+        augment_scores=list(selection.scores),
+        teacher=TeacherResult(test_acc=teacher.test_acc, source=teacher.source, ckpt=teacher.ckpt, sha256=sha256_file(teacher.ckpt),
+                              augment=cfg.teacher.augment),
+        student=StudentResult(test_acc=float(test_metrics["test/acc"]), test_loss=float(test_metrics["test/loss"]),
+                              quantizer=cfg.quantizer.name, bits_w=bits_w, bits_a=bits_a, kd=cfg.kd.name, epochs=trainer.current_epoch,
+                              ckpt=best or None),
+        seconds=seconds,
+        peak_rss_mb=peak_rss_mb(),
+        compile=next((c.decision for c in trainer.callbacks if isinstance(c, AutoCompile)), None),
+        threads={"torch": threads, "loader_workers": cfg.dataset.datamodule.num_workers, "cores": usable_cores()},
+        provenance=provenance(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        config_composed=OmegaConf.to_container(cfg, resolve=False),  # which values follow the seed or the paths
+    )
     if trainer.is_global_zero:  # under DDP every rank gets here; one writes
         (output_dir / "quant_summary.txt").write_text(summary(module.student) + "\n")
-        atomic_write_json(output_dir / "results.json", results)
+        result.write(output_dir / "results.json")
     log.info(
         "Done. DA: %s | teacher test acc %.4f | W%dA%d %s student test acc %.4f | %s",
         selection.selected, teacher.test_acc, bits_w, bits_a, cfg.quantizer.name,
-        results["student"]["test_acc"], output_dir / "results.json",
+        result.student.test_acc, output_dir / "results.json",
     )
-    return results
+    return result
 
 
 def student_bits(cfg: DictConfig) -> tuple[int, int]:
@@ -153,19 +146,15 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
     a sweep's report can count it and leave it out."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output_dir / "results.json", {
-        "status": "failed",
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": traceback.format_exc(),
-        "config": OmegaConf.to_container(cfg, resolve=False),
-    })
+    RunResult(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
+              config=OmegaConf.to_container(cfg, resolve=False)).write(output_dir / "results.json")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with reported_as_one_line():
-            return train(resume_or_start(cfg))["student"]["test_acc"]  # the sweep objective
+            return train(resume_or_start(cfg)).student.test_acc  # the sweep objective
     job = HydraConfig.get().job.num
     try:
         done = relaunch(cfg)
@@ -175,9 +164,9 @@ def hydra_main(cfg: DictConfig) -> float:
         return float("nan")
     if done is not None:
         log.info("job %s: finished before (%s), skipped", job, Path(cfg.paths.output_dir) / "results.json")
-        return done["student"]["test_acc"]
+        return done.student.test_acc
     try:
-        return train(cfg)["student"]["test_acc"]
+        return train(cfg).student.test_acc
     except Preempted as e:  # the whole sweep stops, as SLURM's pre-emption and a user's kill mean
         print(f"daqkd: received SIGTERM in sweep job {job}, which saved {cfg.callbacks.model_checkpoint.dirpath}/last.ckpt; "
               f"the sweep stopped. Relaunch the same command with hydra.sweep.dir={HydraConfig.get().sweep.dir} to go on "
@@ -200,9 +189,9 @@ class SweepOutcome(Callback):
         failed = []
         for path in sorted(folder.rglob("results.json")):
             try:
-                if json.loads(path.read_text()).get("status") == "failed":
+                if RunResult.load(path).status == "failed":
                     failed.append(path.parent)
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError):
                 continue
         if failed or REFUSED:
             where = f"; see {failed[0]}/results.json" if failed else ""

@@ -7,7 +7,6 @@ and a refused launch puts the files back, so nothing of the run is left rewritte
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from daqkd.errors import ConfigError
+from daqkd.result import RunResult
 
 log = logging.getLogger("daqkd")
 
@@ -65,16 +65,16 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def finished(folder: Path) -> dict | None:
+def finished(folder: Path) -> RunResult | None:
     """The folder's results.json if it records a finished run."""
     try:
-        done = json.loads((Path(folder) / "results.json").read_text())
-    except (OSError, ValueError):
+        done = RunResult.load(Path(folder) / "results.json")
+    except (OSError, ValueError, TypeError):
         return None
-    return done if done.get("status") == "ok" else None
+    return done if done.ok else None
 
 
-def relaunch(cfg: DictConfig) -> dict | None:
+def relaunch(cfg: DictConfig) -> RunResult | None:
     """A sweep job launched into a folder an earlier launch used goes on where it stopped: the
     results of a finished run are returned (the job is skipped); an interrupted run that left a
     ``last.ckpt`` is resumed (``ckpt_path`` set to it); a folder holding a run of another config is

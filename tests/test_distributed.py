@@ -34,7 +34,7 @@ def test_ddp_spawn_on_the_cpu_agrees_across_ranks(make_cfg, tmp_path):
     results = run.train(cfg, extra_callbacks=[PerRank(tmp_path)])
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 for r in ranks)
-    assert ranks[0]["augment"] == ranks[1]["augment"] == results["selected_augment"]  # one DA, decided on rank 0
+    assert ranks[0]["augment"] == ranks[1]["augment"] == results.selected_augment  # one DA, decided on rank 0
     assert ranks[0]["deltas"] == ranks[1]["deltas"] and any(v != 1e-3 for v in ranks[0]["deltas"].values())  # one δ
     assert len(list((tmp_path / "out").rglob("results.json"))) == 1
     state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]

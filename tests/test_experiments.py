@@ -62,7 +62,7 @@ def test_each_experiment_runs_with_debug_cpu(make_cfg, tmp_path, fake_data, name
     size = cfg.dataset.image_size
     assert probe.shape[1:] == (3, size, size) and probe.shape[0] == cfg.dataset.datamodule.batch_size
     assert probe.bits == (cfg.bits.w, cfg.bits.a) and probe.moved > 0
-    assert results["config"]["model"]["name"] in name
+    assert results.config["model"]["name"] in name
 
 class TrainingProbe(L.Callback):
     def on_train_start(self, trainer, pl_module):

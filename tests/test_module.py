@@ -91,7 +91,7 @@ def test_a_compiled_fit_estimates_the_hessian_delta(make_cfg, make_module, fmnis
     cfg = make_cfg("speed.compile=true", "speed.compile_backend=aot_eager", "quantizer.weight.delta_mode=hessian",
                    "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "metric.score_student=false")
     result = train(cfg)
-    assert result["status"] == "ok" and result["student"]["epochs"] == 1
+    assert result.ok and result.student.epochs == 1
 
 
 @pytest.mark.slow
@@ -119,9 +119,9 @@ def test_compile_auto_compiles_a_run_long_enough_to_pay_for_it(make_cfg, tmp_pat
     shutil.copy(teacher_cache_path(make_cfg(*over), build_datamodule(cfg)), teacher_file)
     store.write_text(json.dumps({key: 1e-4}))
     result = train(cfg)
-    assert result["compile"]["compiled"] is True and result["compile"]["compile_s_source"] == "measured before"
-    assert json.loads(store.read_text())[key] == pytest.approx(result["compile"]["measured_compile_s"])
-    assert result["student"]["epochs"] == 2 and result["status"] == "ok"
+    assert result.compile["compiled"] is True and result.compile["compile_s_source"] == "measured before"
+    assert json.loads(store.read_text())[key] == pytest.approx(result.compile["measured_compile_s"])
+    assert result.student.epochs == 2 and result.ok
     store.write_text(json.dumps({key: 1e6}))
     result = train(make_cfg(*over, f"paths.cache_dir={store.parent}", "paths.output_dir=" + str(tmp_path / "second")))
-    assert result["compile"]["compiled"] is False
+    assert result.compile["compiled"] is False

@@ -169,3 +169,15 @@ def test_fewer_than_three_das_say_why_the_table_is_missing(tmp_path, capsys):
     fake_run(root / "1", "b", 0, 0.8, m=0.2)
     assert main([str(root)]) == 0
     assert "Selector table left out: a rank correlation needs at least 3 scored DAs, this setting has 2." in capsys.readouterr().out
+
+
+def test_a_results_file_of_the_first_schema_still_loads(tmp_path):
+    """results.json files written before the schema had a version (no schema_version, no selection_how,
+    no config_composed) load into the typed result, and the report reads them."""
+    from daqkd.result import RunResult
+
+    fake_run(tmp_path / "old", "a", 0, 0.7)
+    r = RunResult.load(tmp_path / "old" / "results.json")
+    assert r.schema_version == 1 and r.ok and r.student.test_acc == 0.7 and r.selection_how is None
+    assert r.augment_scores[0].name == "a" and r.augment_scores[0].ce_cmi != r.augment_scores[0].ce_cmi  # NaN: not recorded
+    assert r.teacher.test_acc == 0.9 and r.config["seed"] == 0

@@ -63,7 +63,7 @@ def test_fixed_da_reaches_the_first_training_batch(make_cfg, augment):
     if augment != "minimal":  # and it is not what minimal would have given
         mx, _ = expected_first_batch(cfg, "minimal", epoch=0)
         assert not torch.equal(x, mx)
-    assert results["selected_augment"] == augment
+    assert results.selected_augment == augment
 
 def test_auto_trains_with_the_candidate_that_wins(make_cfg):
     # Rigged: random_erasing here blanks almost the whole image, so the teacher's predictions carry
@@ -74,9 +74,9 @@ def test_auto_trains_with_the_candidate_that_wins(make_cfg):
     )
     rec = FirstBatches()
     results = run.train(cfg, extra_callbacks=[rec])
-    scores = {s["name"]: s["m"] for s in results["augment_scores"]}
+    scores = {s.name: s.m for s in results.augment_scores}
     assert scores["trivialaugment"] < scores["random_erasing"]
-    assert results["selected_augment"] == "trivialaugment"
+    assert results.selected_augment == "trivialaugment"
     x, y = rec.batches[0]
     ex, ey = expected_first_batch(cfg, "trivialaugment", epoch=0)
     assert torch.equal(x, ex) and torch.equal(y, ey)
@@ -103,7 +103,7 @@ def test_resumed_run_trains_with_the_saved_da_without_rescoring(make_cfg, tmp_pa
     x, y = rec.batches[1]
     ex, ey = expected_first_batch(cfg, "cutmix", epoch=1)
     assert torch.equal(x, ex) and torch.equal(y, ey) and y.ndim == 2
-    assert results["selected_augment"] == "cutmix"
+    assert results.selected_augment == "cutmix"
 
 def test_reloaded_dataloaders_keep_the_da(make_cfg):
     cfg = make_cfg("augment=trivialaugment", "metric.score_fixed=false", "trainer.max_epochs=2",
@@ -159,7 +159,10 @@ def test_smoke_run_writes_everything(make_cfg, tmp_path):
     results = run.train(make_cfg())
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk == json.loads(json.dumps(results, default=str))
+    assert on_disk == json.loads(json.dumps(results.to_dict(), default=str))
+    from daqkd.result import SCHEMA_VERSION, RunResult
+
+    assert on_disk["schema_version"] == SCHEMA_VERSION and RunResult.load(out / "results.json") == results
     scores = on_disk["augment_scores"]
     assert [s["name"] for s in scores] == list(make_cfg().augment.pool)
     for s in scores:
@@ -199,11 +202,11 @@ def test_same_seed_same_scores_and_results_and_teacher_is_cached(make_cfg, tmp_p
     first = run.train(make_cfg(*overrides, f"paths.output_dir={tmp_path}/a"))
     monkeypatch.setattr("daqkd.teacher.train_teacher", lambda *a, **k: pytest.fail("the cached teacher was retrained"))
     second = run.train(make_cfg(*overrides, f"paths.output_dir={tmp_path}/b"))
-    assert first["teacher"]["test_acc"] == second["teacher"]["test_acc"]
-    strip = lambda r: [{k: v for k, v in s.items() if k != "seconds"} for s in r["augment_scores"]]  # noqa: E731
+    assert first.teacher.test_acc == second.teacher.test_acc
+    strip = lambda r: [{k: v for k, v in s.as_dict().items() if k != "seconds"} for s in r.augment_scores]  # noqa: E731
     assert strip(first) == strip(second)
-    assert first["student"]["test_acc"] == second["student"]["test_acc"]
-    assert first["student"]["test_loss"] == second["student"]["test_loss"]
+    assert first.student.test_acc == second.student.test_acc
+    assert first.student.test_loss == second.student.test_loss
 
 class CrashMidEpoch(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -230,7 +233,7 @@ def test_resume_restores_quantizer_state_without_recalibrating(make_cfg, tmp_pat
     epoch, upper, delta = probe.seen
     assert epoch == 1 and upper == pytest.approx(saved_upper)  # the learned interval, not a fresh calibration
     assert delta != pytest.approx(1e-3)  # the δ of epoch 1's estimate, carried on
-    assert results["student"]["epochs"] == 2
+    assert results.student.epochs == 2
 
 def _cli(args, cwd):
     env = {**os.environ, "DAQKD_ROOT": str(cwd)}
