@@ -286,7 +286,6 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
     """What Hydra would reject, or fail on only once the job runs, as one ConfigError before Hydra
     starts: an option a config group does not have (every value of a sweep is checked), an override
     Hydra cannot apply, a mandatory key left unset, an output folder that cannot be written."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.split("=")[0] in _INFO_FLAGS for a in argv):
@@ -321,11 +320,20 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         else:
             single.append(o.input_line)
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name, overrides=normalize_overrides(single))
+        cfg = compose_config(single, config_name)
     except Exception as e:
         raise ConfigError(" ".join(str(e).split())) from e
     check_mandatory(cfg)
+
+
+def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """The config of ``overrides`` composed outside a Hydra app (tools, benchmarks, tests): the one
+    place that does it. ``paths.output_dir`` must be among the overrides where anything resolves it
+    (it defaults to Hydra's run folder)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name, overrides=normalize_overrides(list(overrides)))
 
 
 def check_writable(folder: Path, key: str) -> None:

@@ -70,7 +70,10 @@ class QATKDModule(L.LightningModule):
     @property
     def progress(self) -> float:
         """Fraction of training done, for KD methods with a warm-up."""
-        trainer = self._trainer
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (a module used on its own): no warm-up
+            return 1.0
         if trainer is None or not math.isfinite(trainer.estimated_stepping_batches):
             return 1.0
         return min(self.global_step / max(trainer.estimated_stepping_batches, 1), 1.0)

@@ -6,11 +6,10 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from daqkd import build
-from daqkd.config import config_dir, normalize_overrides
+from daqkd.config import compose_config
 from daqkd.data import ImageDataModule
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -24,8 +23,7 @@ def compose_cfg(root, cache, *overrides: str, fast: bool = True) -> DictConfig:
     base = [f"paths.root_dir={root}", f"paths.output_dir={root}/out", f"paths.cache_dir={cache}"]
     if fast:
         base.insert(0, "debug=fast")
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=normalize_overrides([*base, *overrides]))
+    return compose_config([*base, *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,13 @@ def draw_seeds(n: int, seed: int, stream: str, epoch: int) -> torch.Tensor:
 
 class seeded_draws:
     """Context manager: run the body with the CPU generator seeded by ``seed``, then restore it,
-    so seeding an image's draws has no effect outside (the main process keeps its own stream)."""
+    so seeding an image's draws has no effect outside (the main process keeps its own stream).
+
+    Why swap the global generator, per image: torchvision's v2 transforms (AutoAugment, AugMix,
+    RandomCrop ...) draw from ``torch.default_generator`` and take no generator argument, so the only
+    way to make an image's augmentation a function of (seed, stream, epoch, index), whatever worker,
+    batch or process draws it, is to seed that generator around the image's transform. Restoring the
+    state afterwards keeps every other draw of the process (init, dropout, the sampler) as it was."""
 
     __slots__ = ("seed", "state")
 

@@ -37,10 +37,22 @@ class EWGSDeltaCallback(L.Callback):
     def cost_in_steps(self) -> int:
         return self.num_batches * (3 + 3 * self.probes)
 
-    def due(self, epoch: int, step: int) -> bool:
-        if self.last_step is None:
+    def due(self, epoch: int, step: int, last_step: int | None = None) -> bool:
+        """Whether epoch ``epoch``, starting at global step ``step``, gets an estimate when the last one
+        was at ``last_step`` (default: this callback's)."""
+        last = self.last_step if last_step is None else last_step
+        if last is None:
             return True
-        return epoch % self.every_n_epochs == 0 and step - self.last_step >= self.cost_in_steps / self.max_time_fraction
+        return epoch % self.every_n_epochs == 0 and step - last >= self.cost_in_steps / self.max_time_fraction
+
+    def planned(self, epochs: int, steps_per_epoch: int) -> list[int]:
+        """The epochs a fresh run of ``epochs`` epochs estimates δ in (the schedule, without running it)."""
+        out, last = [], None
+        for e in range(epochs):
+            if last is None or self.due(e, e * steps_per_epoch, last):
+                out.append(e)
+                last = e * steps_per_epoch
+        return out
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not ewgs_quantizers(pl_module.student):

@@ -18,7 +18,7 @@ def test_channel_stats_match_numpy(tmp_path, make_datamodule):
 
 def test_the_stats_command_computes_what_it_is_asked_for_on_a_grey_folder(tmp_path, capsys):
 
-    from daqkd.data.stats import main
+    from daqkd.stats import main
 
     for i, c in enumerate(("a", "b")):
         for k in range(5):

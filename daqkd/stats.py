@@ -1,0 +1,29 @@
+"""``python -m daqkd.data.stats dataset=NAME [overrides]`` (or ``python -m daqkd.stats``): per-channel
+mean and std of a data set's training split, printed as YAML to paste into conf/dataset/NAME.yaml."""
+from __future__ import annotations
+
+import sys
+
+from hydra.utils import instantiate
+
+from daqkd.config import compose_config
+from daqkd.data.stats import channel_stats
+from daqkd.errors import reported_as_one_line
+
+
+def main(argv: list[str]) -> int:
+    overrides = [*argv, "paths.output_dir=."]
+    with reported_as_one_line():
+        cfg = compose_config(overrides)
+        # The statistics are what this computes: the config's own (maybe for another channel count) are not needed.
+        c = cfg.dataset.in_channels
+        cfg.dataset.datamodule.mean, cfg.dataset.datamodule.std = [0.0] * c, [1.0] * c
+        dm = instantiate(cfg.dataset.datamodule)
+        mean, std = channel_stats(dm)
+    print(f"# {cfg.dataset.name}: {len(dm.train_idx)} training images, {c} channel(s); paste into conf/dataset/{cfg.dataset.name}.yaml"
+          f"\ndataset:\n  datamodule:\n    mean: {mean}\n    std: {std}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
