@@ -1,7 +1,6 @@
 """Where the configs live, and the checks that reject a bad config before any work starts."""
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import tempfile
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from daqkd.augment import build_augmentation
 from daqkd.augment.registry import PAPER_POOL, REFERENCE_POOL
-from daqkd.errors import ConfigError
+from daqkd.errors import ConfigError, check_keys
 from daqkd.metric.scoring import SELECTORS
 from daqkd.metric.select import TIES
 from daqkd.quant import check_bits, check_first_last
@@ -99,24 +98,6 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
 
 # Keys Hydra reads in a `_target_` block itself.
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-
-def _parameters(fn: Callable) -> tuple[list[str], bool]:
-    """(named parameters, whether it takes **kwargs) of a callable or a class's constructor."""
-    params = inspect.signature(fn).parameters.values()
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return names, any(p.kind == p.VAR_KEYWORD for p in params)
-
-
-def check_keys(given: list[str], fn: Callable, where: str) -> None:
-    """A ConfigError when ``given`` holds a key that ``fn`` does not take, naming the allowed keys."""
-    names, open_ended = _parameters(fn)
-    unknown = [] if open_ended else [k for k in given if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]} is not a parameter of {getattr(fn, '__qualname__', fn)}; allowed keys: "
-            f"{', '.join(names) or '(none)'}. Fix the spelling, e.g. {where}.{names[0] if names else '...'}=..."
-        )
 
 
 def _target_blocks(node: Any, path: str):

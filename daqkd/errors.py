@@ -2,6 +2,7 @@
 the fix, a non-zero exit, no traceback (``DAQKD_TRACEBACK=1`` or ``HYDRA_FULL_ERROR=1`` brings it back)."""
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -39,6 +40,26 @@ class Preempted(DaqkdError):
     """SIGTERM (SLURM pre-emption, ``kill``): the run saved a checkpoint and stopped; says how to resume."""
 
     exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a terminated job
+
+
+def unknown_keys(given, fn, exclude=()) -> tuple[list[str], list[str]]:
+    """(keys of ``given`` that ``fn`` does not take, the keys it takes), from its signature (a
+    class: its constructor); a callable that takes ``**kwargs`` takes every key."""
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude]
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params)
+    return ([] if open_ended else [k for k in given if k not in names]), names
+
+
+def check_keys(given, fn, where: str) -> None:
+    """A ConfigError when ``given`` holds a key that ``fn`` does not take, naming the allowed keys
+    (every ``_target_`` block; the data sources' options use ``unknown_keys`` with their own words)."""
+    unknown, names = unknown_keys(given, fn)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not a parameter of {getattr(fn, '__qualname__', fn)}; allowed keys: "
+            f"{', '.join(names) or '(none)'}. Fix the spelling, e.g. {where}.{names[0] if names else '...'}=..."
+        )
 
 
 def user_error(error: BaseException) -> DaqkdError | None:

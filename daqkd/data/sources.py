@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import inspect
 import json
 import logging
 import pickle
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from daqkd.errors import ConfigError, DataError, DatasetNotFoundError
+from daqkd.errors import ConfigError, DataError, DatasetNotFoundError, unknown_keys
 from daqkd.registry import SOURCES
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,7 @@ def reader(name: str) -> Callable[..., tuple]:
 def check_source_options(name: str, options: Mapping[str, Any]) -> None:
     """Every option must be a keyword of the data set's reader: a misspelt one is an error naming
     the allowed keys, never silently ignored."""
-    params = inspect.signature(reader(name)).parameters
-    allowed = [p for p in params if p not in ("root", "download")]
-    unknown = [k for k in options if k not in allowed]
+    unknown, allowed = unknown_keys(options, reader(name), exclude=("root", "download"))
     if unknown:
         raise ConfigError(
             f"dataset.datamodule.source_options.{unknown[0]} is not an option of the {name} reader; "
