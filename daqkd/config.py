@@ -223,8 +223,8 @@ def check_numbers(cfg: DictConfig) -> None:
 MANDATORY_EXAMPLES = {
     "dataset.num_classes": "dataset.num_classes=10",
     "dataset.datamodule.source_options.folder": "dataset.datamodule.source_options.folder=/data/mine",
-    "dataset.datamodule.mean": "dataset.datamodule.mean=[0.5,0.5,0.5] (python -m daqkd.data.stats computes it)",
-    "dataset.datamodule.std": "dataset.datamodule.std=[0.25,0.25,0.25] (python -m daqkd.data.stats computes it)",
+    "dataset.datamodule.mean": "dataset.datamodule.mean=[0.5,0.5,0.5] (python -m daqkd.stats computes it)",
+    "dataset.datamodule.std": "dataset.datamodule.std=[0.25,0.25,0.25] (python -m daqkd.stats computes it)",
     "teacher.max_epochs": "teacher.max_epochs=30",
 }
 

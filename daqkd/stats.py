@@ -1,5 +1,5 @@
-"""``python -m daqkd.data.stats dataset=NAME [overrides]`` (or ``python -m daqkd.stats``): per-channel
-mean and std of a data set's training split, printed as YAML to paste into conf/dataset/NAME.yaml."""
+"""``python -m daqkd.stats dataset=NAME [overrides]``: per-channel mean and std of a data set's
+training split, printed as YAML to paste into conf/dataset/NAME.yaml."""
 from __future__ import annotations
 
 import sys

@@ -1,8 +1,6 @@
-"""Per-channel mean and std of a data set's training split (``channel_stats``); the command is
-``python -m daqkd.data.stats`` (daqkd/stats.py: the data package stays below the config's checks)."""
+"""Per-channel mean and std of a data set's training split (``channel_stats``; the command that
+prints them is ``python -m daqkd.stats``)."""
 from __future__ import annotations
-
-import sys
 
 
 def channel_stats(datamodule, max_images: int | None = None) -> tuple[list[float], list[float]]:
@@ -21,8 +19,3 @@ def channel_stats(datamodule, max_images: int | None = None) -> tuple[list[float
     std = (total_sq / n - mean.pow(2)).clamp_min(0).sqrt()
     return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
 
-
-if __name__ == "__main__":  # python -m daqkd.data.stats: the command lives in daqkd.stats
-    from daqkd.stats import main
-
-    sys.exit(main(sys.argv[1:]))
