@@ -136,6 +136,36 @@ torch.onnx.register_custom_op_symbolic("daqkd::quantize_act", _quantize_act_onnx
 torch.onnx.register_custom_op_symbolic("daqkd::dequantize_weight", _dequantize_weight_onnx, OPSET)
 
 
+def container_bits(bits: int) -> int:
+    """Bits per stored weight: 2, 4 or 8 (3 bits go in 4-bit slots; 5–7 in bytes)."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 8
+
+
+def pack(k: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integers 0 ≤ k < 2^bits as a flat uint8 tensor of ``container_bits(bits)`` bits each, first value
+    in the lowest bits of a byte."""
+    width = container_bits(bits)
+    flat = k.flatten().to(torch.uint8)
+    if width == 8:
+        return flat.clone()
+    per = 8 // width
+    padded = torch.zeros(-(-len(flat) // per) * per, dtype=torch.uint8)
+    padded[: len(flat)] = flat
+    slots = padded.view(-1, per).to(torch.int32) << (torch.arange(per, dtype=torch.int32) * width)
+    return slots.sum(1).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``pack``'s inverse: uint8 integers of ``shape``."""
+    width = container_bits(bits)
+    n = math.prod(shape)
+    if width == 8:
+        return packed[:n].view(shape).clone()
+    per = 8 // width
+    values = (packed.to(torch.int32)[:, None] >> (torch.arange(per, dtype=torch.int32) * width)) & ((1 << width) - 1)
+    return values.flatten()[:n].to(torch.uint8).view(shape)
+
+
 class FrozenActivation(nn.Module):
     """An activation quantizer as fixed integers and scales (``Grid``), kept as plain numbers."""
 
@@ -236,6 +266,24 @@ class FrozenLayer(nn.Module):
             self.weight_float.mul_(factor.view(-1, *([1] * (self.weight_float.ndim - 1))))
         self.bias.copy_((self.bias - bn.running_mean) * factor + shift)
         return True
+
+    def __getstate__(self):
+        """Pickled (``student_int.pt``), a layer keeps its integer weights packed, 2 or 4 bits each
+        below 8 bits (``pack``); ``__setstate__`` unpacks them on load."""
+        state = self.__dict__.copy()
+        buffers = dict(state["_buffers"])
+        k = buffers.get("weight_int")
+        if k is not None and container_bits(self.weight_bits) < 8:
+            state["_packed_weight"] = (pack(k, self.weight_bits), tuple(k.shape))
+            buffers["weight_int"] = None
+        state["_buffers"] = buffers
+        return state
+
+    def __setstate__(self, state):
+        packed = state.pop("_packed_weight", None)
+        self.__dict__.update(state)
+        if packed is not None:
+            self._buffers["weight_int"] = unpack(packed[0], self.weight_bits, packed[1])
 
     def forward(self, x):
         if self.act is not None:
@@ -460,6 +508,53 @@ def load_student(config: dict, ckpt: Path) -> tuple[nn.Module, nn.Module]:
     return student, teacher.eval()
 
 
+def save_weights(frozen: nn.Module, path: str | Path) -> Path:
+    """The frozen module's numbers as a plain numpy archive (no pickle): for each quantized layer its
+    integer weights packed 2 or 4 bits each below 8 bits (``<layer>.weight_packed``, with
+    ``.weight_shape`` and ``.weight_bits``), the per-channel scales, zero points and correction, the
+    bias, and its activation grid (``<layer>.act`` = in_scale, in_zero, out_scale, out_zero, qmin,
+    qmax); float layers' weights and biases as they are. ``load_weights_file`` unpacks it."""
+    import numpy as np
+
+    arrays: dict[str, np.ndarray] = {}
+    for name, m in frozen.named_modules():
+        if isinstance(m, FrozenLayer):
+            if m.quantized_weight:
+                arrays[f"{name}.weight_packed"] = pack(m.weight_int, m.weight_bits).numpy()
+                arrays[f"{name}.weight_shape"] = np.array(m.weight_int.shape, dtype=np.int64)
+                arrays[f"{name}.weight_bits"] = np.array(m.weight_bits, dtype=np.int64)
+                arrays[f"{name}.weight_scale"] = m.weight_scale.numpy()
+                arrays[f"{name}.weight_zero"] = (m.weight_zero_int.double() + m.weight_zero_rem).numpy()
+            else:
+                arrays[f"{name}.weight"] = m.weight_float.numpy()
+            arrays[f"{name}.bias"] = m.bias.numpy()
+            if m.act is not None:
+                a = m.act
+                arrays[f"{name}.act"] = np.array([a.in_scale, a.in_zero_int + a.in_zero_rem, a.out_scale, a.out_zero_int + a.out_zero_rem,
+                                                  a.qmin, a.qmax], dtype=np.float64)
+        elif isinstance(m, FloatLayer):
+            arrays[f"{name}.weight"] = m.layer.weight.detach().numpy()
+            arrays[f"{name}.bias"] = m.layer.bias.detach().numpy()
+    path = Path(path)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def load_weights_file(path: str | Path) -> dict:
+    """``save_weights``'s archive with every packed weight unpacked: {name: numpy array}; a quantized
+    layer's ``<layer>.weight_int`` holds its integers, uint8, in the layer's weight shape."""
+    import numpy as np
+
+    with np.load(path) as z:
+        arrays = dict(z)
+    for key in [k for k in arrays if k.endswith(".weight_packed")]:
+        layer = key.removesuffix(".weight_packed")
+        shape = tuple(int(v) for v in arrays.pop(f"{layer}.weight_shape"))
+        arrays[f"{layer}.weight_int"] = unpack(torch.from_numpy(arrays.pop(key)), int(arrays[f"{layer}.weight_bits"]), shape).numpy()
+    return arrays
+
+
 def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = True, bench: bool = False,
            test_subset: int | None = None) -> dict:
     """Freeze and export the student of a run; returns (and writes to export.json) what was checked."""
@@ -482,7 +577,8 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
               "test_images": len(reference)}
     report["agreement_frozen"] = float((predictions(frozen, loader) == reference).float().mean())
     atomic_torch_save(frozen, out / "student_int.pt")
-    report["files"] = {"frozen": str(out / "student_int.pt")}
+    save_weights(frozen, out / "student_weights.npz")
+    report["files"] = {"frozen": str(out / "student_int.pt"), "weights": str(out / "student_weights.npz")}
     if onnx:
         export_onnx(frozen, out / "student.onnx", shape)
         report["files"]["onnx"] = str(out / "student.onnx")
@@ -493,6 +589,8 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         report["bench"] = {"teacher_fp": onnx_bench(out / "teacher_fp.onnx", shape),
                            "student": onnx_bench(out / "student.onnx", shape),
                            "student_fused": onnx_bench(out / "student.onnx", shape, fused=True)}
+    fp_bytes = sum(p.numel() * 4 for p in teacher.parameters())
+    report["bytes"] = {"teacher_fp32_weights": fp_bytes, **{k: Path(v).stat().st_size for k, v in report["files"].items()}}
     atomic_write_json(out / "export.json", report)
     return report
 

@@ -280,3 +280,41 @@ def test_export_errors_name_the_problem(tmp_path):
     model = quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3)), Opaque, Opaque, 4, 4)
     with pytest.raises(ExportError, match="Opaque.*grid"):
         freeze(model)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_packing_round_trips_every_bit_width(bits):
+    k = torch.randint(0, 2**bits, (11, 7, 3, 3), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    packed = exporting.pack(k, bits)
+    assert packed.dtype == torch.uint8 and len(packed) == -(-k.numel() * exporting.container_bits(bits) // 8)
+    assert torch.equal(exporting.unpack(packed, bits, tuple(k.shape)), k)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_the_frozen_module_and_the_weights_file_keep_weights_packed(quantizer_factories, tmp_path, bits):
+    """Below 8 bits, student_int.pt and student_weights.npz hold 2 or 4 bits per weight, and load back
+    to the same integers and the same outputs."""
+    from daqkd.models import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet20", 10, 1).eval()
+    x = torch.randn(16, 1, 28, 28)
+    frozen, info = freeze(student_of(teacher, quantizer_factories["ewgs"], bits, x))
+    frozen_8, _ = freeze(student_of(teacher, quantizer_factories["ewgs"], 8, x))
+    torch.save(frozen, tmp_path / "low.pt")
+    torch.save(frozen_8, tmp_path / "eight.pt")
+    loaded = torch.load(tmp_path / "low.pt", weights_only=False)
+    for (name, a), (_, b) in zip(frozen.named_buffers(), loaded.named_buffers()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        assert torch.equal(frozen(x), loaded(x))
+    # 2 (4) bits of 8 for the integer weights: the file shrinks by nearly that much
+    ints = info["integer_weights"]
+    saved = (tmp_path / "eight.pt").stat().st_size - (tmp_path / "low.pt").stat().st_size
+    assert saved >= 0.9 * ints * (1 - exporting.container_bits(bits) / 8)
+    exporting.save_weights(frozen, tmp_path / "w.npz")
+    arrays = exporting.load_weights_file(tmp_path / "w.npz")
+    layer = frozen.layer2[0].conv1
+    assert (arrays["layer2.0.conv1.weight_int"] == layer.weight_int.numpy()).all()
+    assert arrays["layer2.0.conv1.act"][0] == layer.act.in_scale
+    assert (tmp_path / "w.npz").stat().st_size < ints * exporting.container_bits(bits) / 8 + 200_000
