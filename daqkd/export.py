@@ -584,11 +584,27 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         report["files"]["onnx"] = str(out / "student.onnx")
         for key, fused in (("agreement_onnx", False), ("agreement_onnx_fused", True)):
             report[key] = float((predictions(onnx_session(out / "student.onnx", fused), loader) == reference).float().mean())
+        from daqkd.export_int8 import export_int8_onnx, fused_ops
+
+        try:
+            int8 = export_int8_onnx(frozen, dm.calibration_batch(512), out / "student_int8.onnx")
+        except ExportError as e:
+            report["int8"] = {"skipped": str(e)}
+        else:
+            report["files"]["int8"] = int8["path"]
+            test_acc = lambda preds: float((preds == labels).float().mean())  # noqa: E731
+            labels = torch.cat([y for _, y in loader])
+            int8_preds = predictions(onnx_session(out / "student_int8.onnx", fused=True), loader)
+            report["int8"] = {"quantized_convs": int8["quantized_convs"], "ort_ops": fused_ops(out / "student_int8.onnx"),
+                              "agreement": float((int8_preds == reference).float().mean()),
+                              "test_acc": test_acc(int8_preds), "student_test_acc": test_acc(reference)}
     if bench:
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
         report["bench"] = {"teacher_fp": onnx_bench(out / "teacher_fp.onnx", shape),
                            "student": onnx_bench(out / "student.onnx", shape),
                            "student_fused": onnx_bench(out / "student.onnx", shape, fused=True)}
+        if (out / "student_int8.onnx").is_file():
+            report["bench"]["student_int8"] = onnx_bench(out / "student_int8.onnx", shape, fused=True)
     fp_bytes = sum(p.numel() * 4 for p in teacher.parameters())
     report["bytes"] = {"teacher_fp32_weights": fp_bytes, **{k: Path(v).stat().st_size for k, v in report["files"].items()}}
     atomic_write_json(out / "export.json", report)
