@@ -343,7 +343,7 @@ def test_the_int8_form_runs_every_quantized_conv_on_integer_kernels(fast_teacher
     # An approximation (the 8-bit residual stream), measured, not bounded: on this weak one-epoch
     # teacher 84-99 % of top-1 agree; a wiring bug gives chance (10-20 %).
     assert float((out.argmax(1) == ref.argmax(1)).float().mean()) > 0.6
-    exact = export_int8_onnx(frozen, fmnist_batch[0], tmp_path / "exact.onnx", stream_bits=None)
+    export_int8_onnx(frozen, fmnist_batch[0], tmp_path / "exact.onnx", stream_bits=None)
     assert fused_ops(tmp_path / "exact.onnx")["QLinearConv"] == 9  # the first conv of each block: folded onto the next grid
     out = logits(onnx_session(tmp_path / "exact.onnx", fused=True), loader)
     # The fold is exact in real arithmetic; the integer kernels add the int32 bias's rounding (up to
