@@ -437,13 +437,19 @@ def budget_plot(families: list[list[Setting]], path: Path) -> None:
             err = [[r["rho"] - r["lo"] for _, r in pts], [r["hi"] - r["rho"] for _, r in pts]]
             ax_rho.errorbar(es, rho, yerr=err, marker="os^v<>Dph*"[i % 10], capsize=3, color=f"C{i}", label=sel)
             ax_reg.plot(es, [r["regret"] for _, r in pts], marker="os^v<>Dph*"[i % 10], color=f"C{i}", label=sel)
+        auto = [(st.epochs, st.rule_row()) for st in family]
+        auto = [(e, r) for e, r in auto if r]
+        if auto:
+            ax_reg.plot([e for e, _ in auto], [r["regret"] for _, r in auto], "k--", marker="*", markersize=10,
+                        label="augment=auto (shipped rule, seed by seed)")
         for ax in (ax_rho, ax_reg):
             ax.set_xscale("log", base=2)
             ax.set_xticks(epochs, [str(e) for e in epochs])
             ax.set_xlabel("student epochs (log scale)")
         ax_rho.axhline(0, color="grey", lw=0.8)
         ax_rho.set_ylabel("Spearman ρ(score, accuracy)\nbelow 0: the selector ranks as hoped")
-        ax_rho.set_title(f"{family_name(family)}\nbars: 90 % bootstrap interval over seeds", fontsize=8)
+        ax_rho.set_title(f"{family_name(family)}\nbars: 90 % bootstrap interval over seeds; colours as in the legend on the right",
+                         fontsize=8)
         ax_reg.set_ylabel("regret of the pick (points)\nbest DA's accuracy − pick's")
         ax_reg.set_title("0: the selector picked the best DA", fontsize=8)
         ax_reg.legend(fontsize=7, loc="best", title="selector", title_fontsize=7)
