@@ -6,7 +6,7 @@ import sys
 
 from hydra.utils import instantiate
 
-from daqkd.config import compose_config
+from daqkd.config import check_command_line, compose_config
 from daqkd.data.stats import channel_stats
 from daqkd.errors import reported_as_one_line
 
@@ -14,6 +14,7 @@ from daqkd.errors import reported_as_one_line
 def main(argv: list[str]) -> int:
     overrides = [*argv, "paths.output_dir=."]
     with reported_as_one_line():
+        check_command_line(overrides)  # the overrides of python -m daqkd.run, checked the same way
         cfg = compose_config(overrides)
         # The statistics are what this computes: the config's own (maybe for another channel count) are not needed.
         c = cfg.dataset.in_channels
