@@ -184,7 +184,12 @@ def shared_rates(overrides: list[str], jobs: list[int], seconds: float, cores: i
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True) for _ in range(k)]
         rates, windows = [], []
         for p in procs:
-            stdout, _ = p.communicate(timeout=600)
+            try:
+                stdout, _ = p.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise
             lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
             if p.returncode == 0 and lines:
                 r = json.loads(lines[-1])

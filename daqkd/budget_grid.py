@@ -116,12 +116,12 @@ class Grid:
         while queue or running:
             while queue and len(running) < self.args.parallel:
                 job = queue.pop(0)
-                log = open(self.log_dir / f"{job.folder.relative_to(self.out).as_posix().replace('/', '_')}.log", "w")
                 overrides = [f"seed={job.seed}", f"teacher.augment={job.teacher_da}"]
-                if module == "daqkd.run":
-                    overrides += [f"trainer.max_epochs={job.epochs}", f"augment={job.da}"]
-                job.proc = subprocess.Popen(self.command(module, overrides, job.folder), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env, start_new_session=True)
+                if module == "daqkd.run":  # ckpt_path=last: a job stopped at an earlier deadline resumes (a new one starts)
+                    overrides += [f"trainer.max_epochs={job.epochs}", f"augment.name={job.da}", "ckpt_path=last"]
+                with open(self.log_dir / f"{job.folder.relative_to(self.out).as_posix().replace('/', '_')}.log", "a") as log:
+                    job.proc = subprocess.Popen(self.command(module, overrides, job.folder), stdout=log, stderr=subprocess.STDOUT,
+                                                env=self.env, start_new_session=True)
                 job.started = time.monotonic()
                 running.append(job)
             time.sleep(0.5)

@@ -59,7 +59,7 @@ def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, 
     by content (a fingerprint of the images or of the file list, and of the training split), so a
     second folder of the same class count never gets the first one's teacher."""
     d = cfg.dataset.datamodule
-    return {
+    identity = {
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "num_classes": cfg.dataset.num_classes,
@@ -74,6 +74,11 @@ def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, 
         "limit_train_batches": cfg.teacher.get("limit_train_batches"),
         "seed": cfg.seed,
     }
+    params = cfg.augment.get("params") or {}
+    teacher_params = {p: OmegaConf.to_container(params[p], resolve=True) for p in str(cfg.teacher.augment).split("+") if p in params}
+    if teacher_params:  # the teacher's DA's own parameters (absent when none are set: earlier keys stay valid)
+        identity["augment_params"] = teacher_params
+    return identity
 
 
 def build_teacher(cfg: DictConfig, datamodule: ImageDataModule, trainer_kwargs: dict[str, Any] | None = None) -> TeacherInfo:

@@ -261,6 +261,8 @@ def _missing(node: Any, path: str) -> list[str]:
 # Flags after which Hydra prints or exits without composing a job (no check needed).
 _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version",
                "--package", "-p", "--resolve")
+# Flags that take the next argument as a value and change which config is composed.
+_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun")
 
 
 def check_command_line(argv: list[str], config_name: str = "config") -> None:
@@ -269,8 +271,8 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
     Hydra cannot apply, a mandatory key left unset, an output folder that cannot be written."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if any(a.split("=")[0] in _INFO_FLAGS for a in argv):
-        return
+    if any(a.split("=")[0] in _INFO_FLAGS + _CONFIG_FLAGS for a in argv):
+        return  # Hydra prints and exits, or composes from another config: it checks those itself
     args = [a for a in argv if not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
@@ -346,7 +348,7 @@ def validate_config(cfg: DictConfig) -> None:
     names.append(("teacher.augment", str(cfg.teacher.get("augment", "minimal"))))
     for key, name in names:
         check_augmentation(key, name, cfg.dataset.num_classes, cfg.augment.get("params"))
-    if cfg.augment.name == "auto" and not names:
+    if cfg.augment.name == "auto" and not list(cfg.augment.pool or []):
         raise ConfigError("augment=auto needs a non-empty augment.pool to choose from")
     n = cfg.metric.num_samples
     if n is not None and n < cfg.dataset.num_classes:
@@ -364,6 +366,9 @@ def validate_config(cfg: DictConfig) -> None:
         key = "metric.selector" if m.selector == "student_m" else ("metric.short" if m.short == "student_m" else "metric.long")
         raise ConfigError(f"{key}=student_m scores the DAs with the quantized student, but quantizer={cfg.quantizer.name} "
                           "quantizes nothing (its M equals the teacher's); choose metric.selector=m, or a quantizer such as quantizer=ewgs")
+    if m.get("chunk") is not None and m.chunk % m.batch_size:
+        raise ConfigError(f"metric.chunk={m.chunk} is not a multiple of metric.batch_size={m.batch_size}: scoring in rounds must batch "
+                          "the images as scoring them at once does (CutMix mixes within a batch); e.g. metric.batch_size=250 metric.chunk=250")
     if cfg.dataset.datamodule.batch_size < 2:
         raise ConfigError(f"dataset.datamodule.batch_size={cfg.dataset.datamodule.batch_size} is too small: training needs at least 2 "
                           "images a step (BatchNorm statistics, EWGS's gradient spread, contrastive KD); e.g. dataset.datamodule.batch_size=64")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from daqkd.errors import CheckpointError, DaqkdError, reported_as_one_line
-from daqkd.io import atomic_torch_save, atomic_write_json, read_checkpoint
+from daqkd.io import atomic_torch_save, atomic_write, atomic_write_json, read_checkpoint
 from daqkd.quant.base import FULL_PRECISION, Grid, Quantizer, QuantLayerMixin
 from daqkd.result import RunResult
 
@@ -281,7 +281,7 @@ class FrozenLayer(nn.Module):
 
     def __setstate__(self, state):
         packed = state.pop("_packed_weight", None)
-        self.__dict__.update(state)
+        super().__setstate__(state)
         if packed is not None:
             self._buffers["weight_int"] = unpack(packed[0], self.weight_bits, packed[1])
 
@@ -513,7 +513,8 @@ def save_weights(frozen: nn.Module, path: str | Path) -> Path:
     integer weights packed 2 or 4 bits each below 8 bits (``<layer>.weight_packed``, with
     ``.weight_shape`` and ``.weight_bits``), the per-channel scales, zero points and correction, the
     bias, and its activation grid (``<layer>.act`` = in_scale, in_zero, out_scale, out_zero, qmin,
-    qmax); float layers' weights and biases as they are. ``load_weights_file`` unpacks it."""
+    qmax); float layers' weights and biases as they are; a BatchNorm left unfolded as its per-channel
+    affine map y = bn_scale·x + bn_shift. ``load_weights_file`` unpacks it."""
     import numpy as np
 
     arrays: dict[str, np.ndarray] = {}
@@ -535,10 +536,11 @@ def save_weights(frozen: nn.Module, path: str | Path) -> Path:
         elif isinstance(m, FloatLayer):
             arrays[f"{name}.weight"] = m.layer.weight.detach().numpy()
             arrays[f"{name}.bias"] = m.layer.bias.detach().numpy()
-    path = Path(path)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-    return path
+        elif isinstance(m, nn.BatchNorm2d):  # one that could not be folded (a negative γ/σ) stays as it is
+            factor, shift = batchnorm_affine(m)
+            arrays[f"{name}.bn_scale"], arrays[f"{name}.bn_shift"] = factor.detach().numpy(), (shift - m.running_mean * factor).detach().numpy()
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return Path(path)
 
 
 def load_weights_file(path: str | Path) -> dict:

@@ -22,8 +22,15 @@ from daqkd.errors import CheckpointError
 
 
 def _umask_mode() -> int:
-    """The mode a file the user writes gets (0o666 less the umask), which mkstemp's 0o600 is not."""
-    mask = os.umask(0)
+    """The mode a file the user writes gets (0o666 less the umask), which mkstemp's 0o600 is not.
+    Read from /proc where it can be (setting the umask to read it would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
 

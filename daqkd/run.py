@@ -40,10 +40,10 @@ from daqkd.metric.callback import DAMetricCallback
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
 from daqkd.result import RunResult, StudentResult, TeacherResult
-from daqkd.rundir import relaunch, resume_or_start
+from daqkd.rundir import keep_original, relaunch, resume_or_start
 from daqkd.torchutil import set_threads, usable_cores
 
-REFUSED: list[int] = []  # sweep jobs of this process refused before they ran (FailureCount reports them)
+REFUSED_DIR = ".daqkd-refused"  # in a sweep folder: one empty file per job refused in a launch (SweepOutcome counts them)
 
 log = logging.getLogger("daqkd")
 
@@ -58,6 +58,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunRes
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    keep_original(output_dir)  # a valid config: from now on the folder holds this run
     threads = set_threads(cfg.speed.get("threads", "auto"), cfg.dataset.datamodule.num_workers)
     L.seed_everything(cfg.seed, workers=True)
     seconds: dict[str, float] = {}
@@ -65,7 +66,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunRes
 
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    teacher = build_teacher(cfg, datamodule)
+    try:
+        teacher = build_teacher(cfg, datamodule)
+    except SIGTERMException:  # Lightning's is a SystemExit without a code: exit 143 with a line, as in the fit
+        raise Preempted("received SIGTERM while training the teacher (nothing cached yet); run the same command again") from None
     log.info("Teacher (%s, %s): test accuracy %.4f", teacher.source, teacher.ckpt, teacher.test_acc)
     seconds["teacher"] = time.perf_counter() - clock
 
@@ -82,7 +86,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunRes
     seconds["scoring"] = time.perf_counter() - clock
 
     # Fit: DAMetricCallback installs the DA (rank 0's, broadcast) before Lightning builds a loader.
-    selector = DAMetricCallback(selection)
+    selector = DAMetricCallback(selection, log_scores=resume_from is None)
     preemption = CheckpointOnSigterm(cfg.callbacks.model_checkpoint.dirpath)
     trainer = build_trainer(cfg, [selector, preemption, *build_callbacks(cfg), *extra_callbacks])
     clock = time.perf_counter()
@@ -96,7 +100,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunRes
     seconds["fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    try:
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    except SIGTERMException:
+        raise Preempted(f"received SIGTERM while testing; the fit is done and saved. Finish it with "
+                        f"python -m daqkd.run hydra.run.dir={output_dir} ckpt_path=last") from None
     seconds["test"] = time.perf_counter() - clock
 
     selection = selector.selection
@@ -160,7 +168,9 @@ def hydra_main(cfg: DictConfig) -> float:
         done = relaunch(cfg)
     except ConfigError as e:  # refused before anything ran: nothing is recorded over the folder's run
         log.error("job %s refused: %s", job, e)
-        REFUSED.append(job)
+        marks = Path(HydraConfig.get().sweep.dir) / REFUSED_DIR
+        marks.mkdir(parents=True, exist_ok=True)
+        (marks / f"job{job}").touch()  # in the sweep's folder, not the job's: whichever process ran the job
         return float("nan")
     if done is not None:
         log.info("job %s: finished before (%s), skipped", job, Path(cfg.paths.output_dir) / "results.json")
@@ -181,21 +191,28 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 class SweepOutcome(Callback):
-    """At the end of a sweep: one line counting the jobs that failed or were refused, and a non-zero
-    exit, so a script or a scheduler sees that the sweep did not do all it was asked."""
+    """At the end of a sweep: one line counting the jobs of this launch that failed or were refused,
+    and a non-zero exit, so a script or a scheduler sees that the sweep did not do all it was asked.
+    Counted from files (the jobs may run in other processes: joblib, submitit), written since the
+    launch started."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time() - 1.0
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(config.hydra.sweep.dir)
+        since = getattr(self, "started", 0.0)
         failed = []
         for path in sorted(folder.rglob("results.json")):
             try:
-                if RunResult.load(path).status == "failed":
+                if path.stat().st_mtime >= since and RunResult.load(path).status == "failed":
                     failed.append(path.parent)
             except (OSError, ValueError, TypeError):
                 continue
-        if failed or REFUSED:
+        refused = [p for p in (folder / REFUSED_DIR).glob("job*") if p.stat().st_mtime >= since] if (folder / REFUSED_DIR).is_dir() else []
+        if failed or refused:
             where = f"; see {failed[0]}/results.json" if failed else ""
-            print(f"daqkd: error: {len(failed)} sweep job(s) failed and {len(REFUSED)} were refused in {folder}{where}",
+            print(f"daqkd: error: {len(failed)} sweep job(s) failed and {len(refused)} were refused in {folder}{where}",
                   file=sys.stderr, flush=True)
             raise SystemExit(1)
 

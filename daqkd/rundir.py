@@ -90,10 +90,15 @@ def relaunch(cfg: DictConfig) -> RunResult | None:
                 "overrides, or sweep into a new folder (hydra.sweep.dir=...)"
             )
     done = finished(folder)
+    if done is not None and not original.is_file() and done.config_composed:
+        # a run from before .hydra/original: compare with what its results.json recorded
+        changed = differences(composed(done.config_composed), composed(cfg))
+        if changed:
+            raise ConfigError(f"{folder} holds a run of another config (differs in {', '.join(changed[:5])}); relaunch with the same "
+                              "overrides, or sweep into a new folder (hydra.sweep.dir=...)")
     if done is not None:
         put_back(folder)
         return done
-    keep_original(folder)
     last = Path(cfg.callbacks.model_checkpoint.dirpath) / "last.ckpt"
     if cfg.ckpt_path is None and last.is_file():
         log.info("%s: an interrupted run left %s; resuming it", folder, last)
@@ -122,8 +127,7 @@ def resume_or_start(cfg: DictConfig) -> DictConfig:
     folder = Path(cfg.paths.output_dir)
     original = original_dir(folder) / "overrides.yaml"
     if not holds_a_run(folder):
-        keep_original(folder)
-        return cfg
+        return cfg  # run.train keeps this launch's files as the original once the config is valid
     if cfg.ckpt_path is None:
         put_back(folder)
         raise ConfigError(f"{folder} already holds a run; resume it with ckpt_path=last, or start a new run in another "
@@ -132,8 +136,13 @@ def resume_or_start(cfg: DictConfig) -> DictConfig:
         return cfg
     first = [str(o) for o in OmegaConf.load(original)]
     now = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra."))]
-    run_cfg = compose("config", overrides=first)
-    asked = compose("config", overrides=first + now)
+    try:
+        run_cfg = compose("config", overrides=first)
+        asked = compose("config", overrides=first + now)
+    except Exception as e:  # an override that cannot apply on top of the run's own (a repeated +key=...)
+        put_back(folder)
+        raise ConfigError(f"{folder} cannot be resumed with these overrides ({' '.join(str(e).split())}); resume with: "
+                          f"python -m daqkd.run hydra.run.dir={folder} ckpt_path={cfg.ckpt_path}") from None
     changed = differences(composed(run_cfg), composed(asked))
     if changed:
         put_back(folder)

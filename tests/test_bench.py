@@ -12,7 +12,7 @@ def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no cached teacher here: a random one stands in
     monkeypatch.setenv("DAQKD_ROOT", str(tmp_path))
     out = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--out", str(out), "dataset.datamodule.train_subset=1000", "metric.batch_size=100"]) == 0
+    assert bench.main(["--quick", "--out", str(out), "dataset.datamodule.train_subset=1000", "metric.batch_size=50"]) == 0
     data = json.loads(out.read_text())
     step = data["qat_step"]["configured"]
     assert step["qat_ms"] > 0 and step["limit_ms"] > 0 and step["efficiency"] == pytest.approx(step["limit_ms"] / step["qat_ms"])

@@ -172,6 +172,7 @@ def test_the_teacher_cache_key_covers_everything_that_shapes_the_teacher(make_cf
         "flip": ["dataset.datamodule.flip=false"],
         "the teacher's batch size": ["teacher.batch_size=32"],
         "the teacher's DA": ["teacher.augment=cutmix"],
+        "the teacher's DA's parameters": ["teacher.augment=cutmix", "+augment.params.cutmix.alpha=0.5"],
         "limit_train_batches": ["teacher.limit_train_batches=3"],
         "validation split": ["dataset.datamodule.val_size=4"],
         "seed": ["seed=1"],

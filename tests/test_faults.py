@@ -45,6 +45,8 @@ BAD_VALUES = [
     ("quantizer.callback.probes=0", "quantizer.callback.probes=0"),
     ("augment.pool=[minimal,nosuch]", "augment.pool: 'nosuch' is not a DA"),
     ("teacher.augment=nosuch", "teacher.augment: 'nosuch' is not a DA"),
+    ("augment.pool=[]", "augment.pool"),
+    ("metric.chunk=75", "metric.chunk=75 is not a multiple of metric.batch_size=50"),
     ("dataset.datamodule.batch_size=1", "dataset.datamodule.batch_size=1"),
     ("teacher.batch_size=1", "teacher.batch_size=1"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt"),

@@ -210,3 +210,53 @@ def test_image_modes_are_decoded_right_and_resizing_is_announced(tmp_path, caplo
     rgb = ImageFiles(paths, [0, 1, 0, 1], size=4, channels=3)
     assert rgb.image(0).shape == (3, 4, 4) and rgb.image(0)[:, 0, 3].tolist() == [255, 255, 255]
     assert rgb.image(3)[0].float().mean() == 90 and rgb.image(3)[1].float().mean() == 0
+
+
+def test_sigterm_while_the_teacher_trains_is_a_preemption(make_cfg, monkeypatch):
+    """Lightning's SIGTERMException is a SystemExit without a code: outside the fit it ended the
+    process with status 0 and no word. The teacher's training and the test stage stop as the fit does."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from daqkd import run
+    from daqkd.errors import Preempted
+
+    def sigterm(*a, **k):
+        raise SIGTERMException
+
+    monkeypatch.setattr(run, "build_teacher", sigterm)
+    with pytest.raises(Preempted, match="SIGTERM while training the teacher") as e:
+        run.train(make_cfg())
+    assert e.value.exit_code == 143
+
+
+def test_the_sweep_outcome_counts_this_launch_only(tmp_path):
+    """A relaunched sweep whose earlier failures were redone ends well; one whose jobs fail now does not."""
+    from omegaconf import OmegaConf
+
+    from daqkd.result import RunResult
+    from daqkd.run import SweepOutcome
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    (tmp_path / "0").mkdir()
+    RunResult(status="failed", config={}, error="old").write(tmp_path / "0" / "results.json")
+    os.utime(tmp_path / "0" / "results.json", (time.time() - 3600,) * 2)
+    outcome = SweepOutcome()
+    outcome.on_multirun_start(cfg)
+    outcome.on_multirun_end(cfg)  # only an old failure: no exit
+    RunResult(status="failed", config={}, error="new").write(tmp_path / "0" / "results.json")
+    with pytest.raises(SystemExit):
+        outcome.on_multirun_end(cfg)
+
+
+def test_hydra_flags_that_take_a_value_are_left_to_hydra():
+    from daqkd.config import check_command_line
+
+    check_command_line(["-cd", "/tmp/elsewhere", "-cn", "other", "seed=1"])  # no attempt to read /tmp/elsewhere as an override
+
+
+def test_a_pool_of_combined_das_sweeps_as_augment_names(make_cfg):
+    from daqkd.config import _sweep, validate_config
+
+    cfg = make_cfg("pool=reference16")
+    assert "trivialaugment+cutmix" in _sweep(cfg.augment.pool, "auto").split(",")
+    validate_config(make_cfg("augment.name=trivialaugment+cutmix", "paths.output_dir=/tmp/x"))

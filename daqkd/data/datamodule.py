@@ -32,6 +32,21 @@ def worker_context(num_workers: int):
     return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0]) if num_workers > 0 else None
 
 
+def interleaved_order(targets: torch.Tensor, seed: int) -> torch.Tensor:
+    """A permutation of ``targets``' positions: each class's positions shuffled, then taken one per
+    class at a time, the classes in a new shuffled order each time (until every class runs out)."""
+    gen = torch.Generator().manual_seed(seed)
+    queues = {int(c): torch.nonzero(targets == c).flatten() for c in torch.unique(targets)}
+    queues = {c: q[torch.randperm(len(q), generator=gen)].tolist() for c, q in queues.items()}
+    order, depth = [], 0
+    while any(depth < len(q) for q in queues.values()):
+        classes = [c for c, q in queues.items() if depth < len(q)]
+        for i in torch.randperm(len(classes), generator=gen).tolist():
+            order.append(queues[classes[i]][depth])
+        depth += 1
+    return torch.tensor(order, dtype=torch.long)
+
+
 class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -221,10 +236,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def metric_indices(self, num_samples: int | None, seed: int) -> torch.Tensor:
         """The DA metric's images: a class-stratified subsample of the training split fixed by
-        ``seed`` alone, so every candidate is scored on the same images, in one seeded random order
-        (shared by both passes and every candidate). Data sets read class by class (ImageFolder,
-        Tiny-ImageNet) would otherwise be scored class by class: CutMix would mix an image with one
-        of its own class, and every ``variance`` group would hold one class."""
+        ``seed`` alone, so every candidate is scored on the same images, in one seeded order shared
+        by both passes and every candidate: the classes interleaved (each class's images shuffled,
+        then one image of every class in a shuffled class order, and again), so that any first k ≥ C
+        images hold every class (scoring in rounds needs a prototype per class from its first round)
+        and neighbours differ in class. Data sets read class by class (ImageFolder, Tiny-ImageNet)
+        would otherwise be scored class by class: CutMix would mix an image with one of its own
+        class, and every ``variance`` group would hold one class."""
         self.setup()
         idx = self.train_idx
         if num_samples is not None and num_samples < len(idx):
@@ -232,7 +250,7 @@ class ImageDataModule(L.LightningDataModule):
         elif num_samples is not None and num_samples > len(idx):
             log.warning("metric.num_samples=%d, but the training split has %d images: the metric scores all of them",
                         num_samples, len(idx))
-        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(derive_seed(seed, "metric", "order")))]
+        idx = idx[interleaved_order(self.train_set.targets[idx], derive_seed(seed, "metric", "order"))]
         counts = torch.bincount(self.train_set.targets[idx], minlength=self.num_classes)
         if int(counts.min()) < 5:
             thin = {c: int(n) for c, n in enumerate(counts.tolist()) if n < 5}

@@ -22,8 +22,8 @@ class DAMetricCallback(L.Callback):
     """Installs ``selection`` (decided on rank 0; None on the other ranks of a DDP run) and keeps it
     in checkpoints. The name is the checkpoint's key for it, kept from earlier versions."""
 
-    def __init__(self, selection: Selection | None):
-        self.selection = selection
+    def __init__(self, selection: Selection | None, log_scores: bool = True):
+        self.selection, self.log_scores = selection, log_scores  # a resumed run logged them the first time
 
     @property
     def state_key(self) -> str:
@@ -34,7 +34,7 @@ class DAMetricCallback(L.Callback):
             return
         self.selection = trainer.strategy.broadcast(self.selection, src=0)
         trainer.datamodule.set_train_augment(self.selection.selected)
-        if trainer.is_global_zero and self.selection.scores:
+        if trainer.is_global_zero and self.selection.scores and self.log_scores:
             rows = [s.as_dict() for s in self.selection.scores]
             for logger in trainer.loggers:
                 logger.log_metrics({f"augment/{r['name']}/{k}": r[k] for r in rows for k in (*SELECTORS, "dev", "cmi")}, step=0)

@@ -250,7 +250,7 @@ def score_augmentations(
     loader = datamodule.scoring_loader(candidates, num_samples, batch_size, seed)
     n = len(loader.dataset.indices)
     classes = true_classes(loader)
-    step = chunk if (chunk and prune) else n
+    step = max(chunk, datamodule.num_classes) if (chunk and prune) else n  # a round holds every class (interleaved order)
     recorders = {k: PassRecorder(networks, datamodule.num_classes, device) for k in range(len(candidates))}
     seconds = dict.fromkeys(recorders, 0.0)
     scores: dict[int, AugmentScore] = {}

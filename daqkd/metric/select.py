@@ -92,10 +92,12 @@ def decide(scores: Sequence[AugmentScore], rule: Rule, epochs: int | None) -> De
         chosen = min(tied, key=lambda s: (-s.teacher_acc, s.teacher_ce))
         how = (f"{selector} ({why}); {', '.join(s.name for s in tied)} within {rule.tie_z:g} combined standard errors of "
                f"the leader {scores[lead].name}: the milder ({chosen.name}, the teacher's most accurate) wins")
+    elif len(tied) > 1:
+        chosen = min(tied, key=lambda s: scores.index(s))  # the first of the tied in pool order
+        how = f"{selector} ({why}); {', '.join(s.name for s in tied)} tied: the first in pool order ({chosen.name}) wins"
     else:
         chosen = scores[lead]
-        how = f"argmin {selector} ({why})" + (f"; tied with {', '.join(s.name for s in tied[1:])}: the first in pool order wins"
-                                               if len(tied) > 1 else "")
+        how = f"argmin {selector} ({why})"
     return Decision(chosen.name, selector, scores[lead].name, [s.name for s in tied], how)
 
 

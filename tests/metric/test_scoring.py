@@ -131,3 +131,23 @@ def test_scoring_in_rounds_stops_when_decided_and_picks_what_full_scoring_picks(
         assert b.num_samples == 100
         for key in ("m", "ce_cmi", "dev", "cmi", "entropy", "teacher_acc", "variance"):
             assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5, abs=1e-6), (a.name, key)
+
+
+def test_rounds_score_a_hundred_classes_from_the_first_round(tmp_path, make_datamodule):
+    """A round smaller than the class count would leave classes without a prototype: the metric's
+    order interleaves the classes and a round holds at least one image of each."""
+    from fakedata import write_cifar
+
+    from daqkd.data.datamodule import interleaved_order
+    from daqkd.metric.select import Rule, pruner
+    from daqkd.models import create_model
+
+    targets = torch.arange(1000) % 100
+    order = interleaved_order(targets, 0)
+    assert sorted(order.tolist()) == list(range(1000)) and len(torch.unique(targets[order][:100])) == 100
+    write_cifar(tmp_path, "cifar100", n_per_file=300)
+    dm = make_datamodule("cifar100", tmp_path, 100, 3, 32, val_size=100, download=False)
+    torch.manual_seed(0)
+    scores = score_augmentations(create_model("resnet20", 100, 3).eval(), dm, ["minimal", "cutmix"], None, 10, 0, chunk=10,
+                                 prune=pruner(Rule(), 1, 3.0))
+    assert [s.name for s in scores] == ["minimal", "cutmix"] and all(s.num_samples >= 100 for s in scores)

@@ -34,6 +34,9 @@ def test_ties_go_to_the_milder_candidate_or_the_first():
     assert "the milder (augmix, the teacher's most accurate) wins" in d.how
     first = decide(POOL, Rule(tie_z=1.2, tie="first"), 8)
     assert first.selected == "minimal" and first.tied == ["minimal", "augmix"]
+    # The first in pool order, even when the leader comes later in the pool.
+    swapped = decide([POOL[1], POOL[0]], Rule(tie_z=1.2, tie="first"), 8)
+    assert swapped.leader == "minimal" and swapped.selected == "augmix" and "the first in pool order (augmix) wins" in swapped.how
     assert decide(POOL, Rule(tie_z=1.0), 8).tied == ["minimal"]  # 1.1 SE apart: told apart at z = 1
 
 
