@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.daqkd-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS   ?=
 
-.PHONY: setup data run test test-fast test-kernels test-heavy lint sync bench device-pack device-grid clean clean-cache
+.PHONY: setup data run test test-fast test-kernels test-heavy lint sync bench bench-export device-pack device-grid clean clean-cache
 
 setup: $(STAMP)
 
@@ -61,6 +61,10 @@ lint: $(STAMP)
 
 bench: data
 	$(PY) -m daqkd.bench $(ARGS)
+
+# What the exported student costs in ONNX Runtime against its teacher: FP, exact and integer forms.
+bench-export: data
+	$(PY) -m daqkd.bench_export $(ARGS)
 
 # A lent GPU machine has torch, lightning and torchvision but no network: .device/ carries the rest
 # (wheels of the versions installed here, and Fashion-MNIST). Then, on that machine:
