@@ -26,6 +26,35 @@ def compose_cfg(root, cache, *overrides: str, fast: bool = True) -> DictConfig:
     return compose_config([*base, *overrides])
 
 
+@pytest.fixture
+def entry_point(monkeypatch, capsys):
+    """entry_point(root, *args, module="daqkd.run") -> CompletedProcess: ``python -m module *args`` from
+    ``root`` (DAQKD_ROOT=root), run in this process through the module's real main(), Hydra included,
+    with its exit code and stderr; seconds faster than a fresh Python. Tests of what only a fresh
+    process shows (an exit status set by the interpreter, signals) start one instead."""
+    import importlib
+    import subprocess
+    import sys
+
+    def run(root, *args: str, module: str = "daqkd.run") -> subprocess.CompletedProcess:
+        main = importlib.import_module(module).main
+        with monkeypatch.context() as m:
+            m.chdir(root)
+            m.setenv("DAQKD_ROOT", str(root))
+            m.delenv("HYDRA_FULL_ERROR", raising=False)
+            m.delenv("DAQKD_TRACEBACK", raising=False)
+            m.setattr(sys, "argv", [module, *args])
+            capsys.readouterr()
+            try:
+                code = main()
+            except SystemExit as e:
+                code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([module, *args], code or 0, out, err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory):
     """One teacher cache for the whole session, so the smoke teacher is trained once."""

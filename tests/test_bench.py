@@ -31,7 +31,7 @@ def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
     a = data["adaptive_scoring"]
     assert a["total"] == 1 and a["cases"][0]["full_pick"] in a["cases"][0]["images_used"] and a["rounds_seconds"] > 0
     assert all(0 < v <= 200 for v in a["cases"][0]["images_used"].values())
-    assert data["compiled_step"]["ewgs"]["qat_ms"] > 0 and data["compiled_step"]["ewgs"]["backend"] == "aot_eager"
+    assert data["compiled_step"]["ewgs"]["qat_ms"] > 0 and data["compiled_step"]["ewgs"]["backend"] == "eager"
     figures = {row["figure"] for row in data["table"]}
     assert any(f.startswith("QAT+KD step") for f in figures) and any(f.startswith("DA scoring") for f in figures)
     assert all({"value", "limit", "ratio", "target", "met"} <= set(row) for row in data["table"])

@@ -64,19 +64,11 @@ def assert_clean_failure(p, tmp_path, *names):
 
 
 @pytest.mark.parametrize("override,named", BAD_VALUES)
-def test_a_bad_value_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys, override, named):
+def test_a_bad_value_is_one_line_naming_the_key(tmp_path, entry_point, override, named):
     """The real entry point (Hydra included), in this process."""
-    import daqkd.run as run
-
-    monkeypatch.setenv("DAQKD_ROOT", str(tmp_path))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["daqkd.run", "debug=fast", override])
-    with pytest.raises(SystemExit) as exit_:
-        run.main()
-    err = capsys.readouterr().err
-    p = subprocess.CompletedProcess(sys.argv, exit_.value.code, "", err)
+    p = entry_point(tmp_path, "debug=fast", override)
     assert_clean_failure(p, tmp_path, named)
-    assert "e.g." in err or "choose" in err or "allowed" in err or "does not exist" in err
+    assert "e.g." in p.stderr or "choose" in p.stderr or "allowed" in p.stderr or "does not exist" in p.stderr
 
 
 @pytest.mark.slow  # a fresh Python process
@@ -102,45 +94,41 @@ def fmnist_copy(tmp_path):
     return folder
 
 
-@pytest.mark.slow  # a fresh Python process
-def test_a_truncated_fashion_mnist_file(tmp_path):
+def test_a_truncated_fashion_mnist_file(tmp_path, entry_point):
     folder = fmnist_copy(tmp_path)
     target = folder / "train-labels-idx1-ubyte.gz"
     target.write_bytes(target.read_bytes()[:5000])  # a torn download
-    p = run_cli(tmp_path, "dataset.datamodule.source_options.search_dirs=[]")
+    p = entry_point(tmp_path, "debug=fast", "dataset.datamodule.source_options.search_dirs=[]")
     assert_clean_failure(p, tmp_path, str(target), "delete it and fetch it again")
 
 
-@pytest.mark.slow  # a fresh Python process
-def test_a_bad_cifar_pickle(tmp_path):
+def test_a_bad_cifar_pickle(tmp_path, entry_point):
     folder = write_cifar(tmp_path / "data", "cifar10", n_per_file=20)
     (folder / "data_batch_3").write_bytes(pickle.dumps({"nothing": 1})[:-3])
-    p = run_cli(tmp_path, "dataset=cifar10", "dataset.datamodule.download=false", "dataset.datamodule.val_size=10",
+    p = entry_point(tmp_path, "debug=fast", "dataset=cifar10", "dataset.datamodule.download=false", "dataset.datamodule.val_size=10",
                 "dataset.datamodule.train_subset=null")
     assert_clean_failure(p, tmp_path, "data_batch_3", "fetch it again")
 
 
-@pytest.mark.slow  # a fresh Python process
-def test_a_corrupt_teacher_checkpoint(tmp_path):
+def test_a_corrupt_teacher_checkpoint(tmp_path, entry_point):
     bad = tmp_path / "teacher.ckpt"
     bad.write_bytes(b"\x00not a checkpoint")
-    p = run_cli(tmp_path, f"teacher.ckpt={bad}")
+    p = entry_point(tmp_path, "debug=fast", f"teacher.ckpt={bad}")
     assert_clean_failure(p, tmp_path, str(bad), "corrupt")
 
 
-@pytest.mark.slow  # a fresh Python process
-def test_missing_data(tmp_path):
-    p = run_cli(tmp_path, "dataset=cifar100", "dataset.datamodule.download=false")
+def test_missing_data(tmp_path, entry_point):
+    p = entry_point(tmp_path, "debug=fast", "dataset=cifar100", "dataset.datamodule.download=false")
     assert_clean_failure(p, tmp_path, "cifar-100-python", "download=true")
 
 
-@pytest.mark.slow  # a fresh Python process
-def test_an_image_folder_with_an_empty_class(tmp_path):
+def test_an_image_folder_with_an_empty_class(tmp_path, entry_point):
     for c in ("cat", "dog"):
         for k in range(6):
             write_image(tmp_path / "imgs" / "train" / c / f"{k}.png", size=16, seed=k)
     (tmp_path / "imgs" / "train" / "owl").mkdir()
-    p = run_cli(tmp_path, "dataset=imagefolder", "dataset.num_classes=3", f"dataset.datamodule.source_options.folder={tmp_path}/imgs")
+    p = entry_point(tmp_path, "debug=fast", "dataset=imagefolder", "dataset.num_classes=3",
+                    f"dataset.datamodule.source_options.folder={tmp_path}/imgs")
     assert_clean_failure(p, tmp_path, "owl", "cat 6, dog 6, owl 0")
 
 

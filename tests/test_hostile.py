@@ -47,7 +47,7 @@ FAST = ["debug=fast", "metric.score_student=false", "dataset.datamodule.test_sub
 
 
 @pytest.mark.slow
-def test_resume_takes_the_runs_own_config_and_refuses_what_contradicts_it(tmp_path):
+def test_resume_takes_the_runs_own_config_and_refuses_what_contradicts_it(tmp_path, entry_point):
     run = tmp_path / "run"
     p = cli(tmp_path, *FAST, "augment=cutmix", "trainer.max_epochs=2", f"hydra.run.dir={run}")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -60,10 +60,10 @@ def test_resume_takes_the_runs_own_config_and_refuses_what_contradicts_it(tmp_pa
     assert (run / "csv" / "metrics.csv").read_text().splitlines()[: len(rows) - 1] == rows[: len(rows) - 1]  # the curves kept
     before = snapshot(run)
     for bad, key in ((["augment=minimal"], "augment.name"), (["trainer.max_epochs=5"], "trainer.max_epochs")):
-        p = cli(tmp_path, f"hydra.run.dir={run}", "ckpt_path=last", *bad)
+        p = entry_point(tmp_path, f"hydra.run.dir={run}", "ckpt_path=last", *bad)
         one_line(p, f"resuming it with {key} changed is refused", "debug=fast", f"hydra.run.dir={run} ckpt_path=last")
         assert snapshot(run) == before  # .hydra put back, nothing else touched
-    p = cli(tmp_path, *FAST, f"hydra.run.dir={run}")  # a new run into the folder of a finished one
+    p = entry_point(tmp_path, *FAST, f"hydra.run.dir={run}")  # a new run into the folder of a finished one
     one_line(p, "already holds a run", "ckpt_path=last")
     assert snapshot(run) == before
 
@@ -104,19 +104,13 @@ def test_a_sweep_whose_jobs_failed_exits_non_zero_with_a_count(tmp_path):
     (["augment.pool=[minimal,nope]"], ["augment.pool: 'nope' is not a DA"]),
     (["metric.selector=student_m", "quantizer=fp"], ["metric.selector=student_m", "quantizer=fp quantizes nothing"]),
 ])
-def test_config_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, names):
+def test_config_errors_are_one_line_and_exit_2(tmp_path, entry_point, args, names):
     """In this process, through the real entry point; the check before Hydra starts covers what Hydra
     itself would print as a block (exit 1)."""
-    import daqkd.run as run
-
-    monkeypatch.setenv("DAQKD_ROOT", str(tmp_path))
-    monkeypatch.setattr(sys, "argv", ["daqkd.run", *args, "debug=fast"] if args[0] == "-m" else ["daqkd.run", "debug=fast", *args])
-    with pytest.raises(SystemExit) as e:
-        run.main()
-    err = capsys.readouterr().err
-    one_line(subprocess.CompletedProcess([], e.value.code, "", err), *names)
+    p = entry_point(tmp_path, *([*args, "debug=fast"] if args[0] == "-m" else ["debug=fast", *args]))
+    one_line(p, *names)
     if "augment.pool" in args[-1]:  # the DAs listed once, mixup among them (documented in the README)
-        line = next(ln for ln in err.splitlines() if ln.startswith("daqkd: error"))
+        line = next(ln for ln in p.stderr.splitlines() if ln.startswith("daqkd: error"))
         assert line.count("trivialaugment") == 1 and "mixup" in line
     assert not list(tmp_path.rglob("results.json"))
 

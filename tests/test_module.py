@@ -107,7 +107,7 @@ def test_compile_auto_compiles_a_run_long_enough_to_pay_for_it(make_cfg, tmp_pat
     from daqkd.compile import compile_key
     from daqkd.run import train
 
-    over = ["speed.compile=auto", "speed.compile_backend=aot_eager", "trainer.max_epochs=2", "trainer.limit_train_batches=8",
+    over = ["speed.compile=auto", "speed.compile_backend=eager", "trainer.max_epochs=2", "trainer.limit_train_batches=8",
             "trainer.limit_val_batches=1", "metric.score_student=false", "augment=minimal", "metric.score_fixed=false"]
     cfg = make_cfg(*over)
     build_teacher(cfg, build_datamodule(cfg))  # the session's teacher, copied into this test's own cache

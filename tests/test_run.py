@@ -1,8 +1,5 @@
 """The whole run on a tiny subset of real Fashion-MNIST: the DA reaches training, results, resume (daqkd/run.py)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -235,15 +232,11 @@ def test_resume_restores_quantizer_state_without_recalibrating(make_cfg, tmp_pat
     assert delta != pytest.approx(1e-3)  # the δ of epoch 1's estimate, carried on
     assert results.student.epochs == 2
 
-def _cli(args, cwd):
-    env = {**os.environ, "DAQKD_ROOT": str(cwd)}
-    return subprocess.run([sys.executable, "-m", "daqkd.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-def test_cli_from_another_directory(tmp_path):
-    ok = _cli(["bits=4", "quantizer=ewgs", "augment=auto", "--cfg", "job"], tmp_path)
+def test_cli_from_another_directory(tmp_path, entry_point):
+    ok = entry_point(tmp_path, "bits=4", "quantizer=ewgs", "augment=auto", "--cfg", "job")
     assert ok.returncode == 0, ok.stderr
     assert "w: 4" in ok.stdout and "name: ewgs" in ok.stdout
-    bad = _cli(["quantizer=nope", "--cfg", "job"], tmp_path)
+    bad = entry_point(tmp_path, "quantizer=nope", "--cfg", "job")
     assert bad.returncode != 0 and "ewgs" in bad.stderr and "fp" in bad.stderr
 
 class HeadsAtStart(L.Callback):
