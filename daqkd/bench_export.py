@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from daqkd.export import export_onnx, freeze, onnx_bench, save_weights
-from daqkd.export_int8 import export_int8_onnx, fused_ops
+from daqkd.export import export_int8_onnx, export_onnx, freeze, fused_ops, onnx_bench, save_weights
 from daqkd.models import create_model
 from daqkd.quant import EWGSQuantizer, calibrate, quantize_model
 

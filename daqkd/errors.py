@@ -32,6 +32,10 @@ class CheckpointError(DaqkdError, RuntimeError):
     """A checkpoint that is missing, corrupt or does not fit the model."""
 
 
+class ExportError(DaqkdError, ValueError):
+    """A model that cannot take the requested export form: says what, why and what to do instead."""
+
+
 class TrainingDiverged(DaqkdError, FloatingPointError):
     """A NaN or infinite loss: says which settings to lower."""
 

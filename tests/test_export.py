@@ -1,5 +1,5 @@
 """python -m daqkd.export: the frozen integer module and the ONNX model agree with the training-time
-student (daqkd/export.py, Quantizer.grid in daqkd/quant/)."""
+student (daqkd/quant/convert.py, daqkd/export/, Quantizer.grid in daqkd/quant/)."""
 import copy
 import functools
 import json
@@ -250,10 +250,19 @@ def test_onnx_passes_the_checker_and_computes_the_frozen_module_exactly(fast_tea
 
 
 @pytest.mark.slow  # trains a student
-def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path):
+def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path, capsys):
+    from daqkd.export import main
+
     out = tmp_path / "run"
     run.train(make_cfg(f"paths.output_dir={out}", "augment=minimal", "bits=4"))
-    report = export(out, test_subset=256)
+    main([str(out), "--bench", "--test-subset", "256"])
+    report = json.loads((out / "export" / "export.json").read_text())
+    printed = capsys.readouterr().out
+    assert "agreement with the training-time student on 256 test images" in printed and "{" not in printed  # lines, not JSON
+    for form in ("FP teacher", "student.onnx (exact)", "student_int8.onnx (integer kernels)"):
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {form} |"))
+        assert float(row.split("|")[4].replace(",", "")) > 0  # its throughput, measured
+    assert report["bench"]["student_int8"]["throughput_b64_img_s"] > 0
     # The plumbing of a run folder's export. Fidelity is proven layer by layer and exactly elsewhere
     # (assert_layers_agree, the dyadic ONNX test); on a briefly trained student, float rounding moves
     # a few near ties whichever way the CPU sums, so agreement is only required to be high.
@@ -329,7 +338,7 @@ def test_the_int8_form_runs_every_quantized_conv_on_integer_kernels(fast_teacher
     in float, only the folded convs are integer; with it on 8-bit grids (the fast form) every conv is.
     Both approximate the frozen module (the exact form is student.onnx): checked here against chance,
     measured in export.json and the README."""
-    from daqkd.export_int8 import export_int8_onnx, fused_ops
+    from daqkd.export.int8 import export_int8_onnx, fused_ops
 
     student = student_of(fast_teacher, quantizer_factories[name], bits, fmnist_batch[0])
     frozen, info = freeze(student)
@@ -355,7 +364,7 @@ def test_the_int8_form_runs_every_quantized_conv_on_integer_kernels(fast_teacher
 
 
 def test_the_int8_form_refuses_what_it_cannot_express(quantizer_factories, tmp_path):
-    from daqkd.export_int8 import export_int8_onnx
+    from daqkd.export.int8 import export_int8_onnx
     from daqkd.models import create_model
 
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ ROLES = ("weight", "activation")
 
 @dataclass(frozen=True)
 class Grid:
-    """A quantizer's trained grid as integers (for export, daqkd/export.py).
+    """A quantizer's trained grid as integers (for export, daqkd/quant/convert.py).
 
     In eval mode the quantizer computes ``out_scale·(k − out_zero)`` with the integer
     ``k = clamp(round(x/in_scale + in_zero), qmin, qmax)``. The zero points are floats: a learned

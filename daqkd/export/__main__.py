@@ -1,0 +1,3 @@
+from daqkd.export.command import main
+
+main()

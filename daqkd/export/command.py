@@ -1,0 +1,174 @@
+"""Freeze a run's student and write every form of it (student_int.pt, student_weights.npz,
+student.onnx, student_int8.onnx), each checked against the training-time model on the test set.
+
+examples:
+  python -m daqkd.export outputs/train/2026-11-22_19-24-02            # a run folder
+  python -m daqkd.export path/to/checkpoints/last.ckpt --bench        # + ONNX Runtime speed and size, as a table
+
+README, "Exporting a student", says what each file holds and how to load it."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from daqkd.errors import CheckpointError, ExportError, reported_as_one_line
+from daqkd.export.qdq import export_onnx
+from daqkd.export.runtime import onnx_bench, onnx_session, predictions
+from daqkd.export.weights import save_weights
+from daqkd.io import atomic_torch_save, atomic_write_json, read_checkpoint
+from daqkd.quant.convert import freeze
+from daqkd.result import RunResult
+
+
+def locate_run(target: str | Path) -> tuple[dict, Path]:
+    """(the run's resolved config, the student checkpoint) from a run folder or one of its .ckpt files."""
+    target = Path(target)
+    if not target.exists():
+        raise CheckpointError(f"{target} does not exist; pass a run folder (with results.json) or a .ckpt inside one")
+    folder = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints" else target.parent)
+    results = folder / "results.json"
+    config, run = None, None
+    if results.is_file():
+        run = RunResult.load(results)
+        config = run.config or None
+    elif (folder / ".hydra" / "config.yaml").is_file():
+        config = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
+    if config is None:
+        raise CheckpointError(f"no config next to {target}: expected {results} or {folder}/.hydra/config.yaml (pass the run folder "
+                              "that daqkd.run wrote)")
+    if target.is_dir():
+        ckpt = None
+        if run is not None and run.student is not None:
+            ckpt = run.student.ckpt
+        ckpt = Path(ckpt) if ckpt and Path(ckpt).is_file() else folder / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = target
+    if not ckpt.is_file():
+        raise CheckpointError(f"no student checkpoint in {folder}/checkpoints; did the run finish? (python -m daqkd.run ... ckpt_path=last)")
+    return config, ckpt
+
+
+def load_student(config: dict, ckpt: Path) -> tuple[nn.Module, nn.Module]:
+    """(the training-time student, the teacher architecture with the run's teacher weights) of a run."""
+    from daqkd import build
+    from daqkd.io import load_weights
+
+    cfg = OmegaConf.create(config)
+    teacher = build.build_model(cfg)
+    teacher_ckpt = (config.get("teacher") or {}).get("ckpt")
+    student = build.build_student(cfg, teacher).eval()
+    state = read_checkpoint(ckpt)
+    weights = {k[len("student."):]: v for k, v in state.get("state_dict", {}).items() if k.startswith("student.")}
+    if not weights:
+        raise CheckpointError(f"{ckpt} holds no student weights (keys 'student.*'); pass a checkpoint written by daqkd.run")
+    missing, unexpected = student.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt} does not fit the run's student ({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+                              f"{(missing or unexpected)[:3]}); was it written by another model or quantizer config?")
+    if teacher_ckpt and Path(teacher_ckpt).is_file():
+        load_weights(teacher, teacher_ckpt)
+    return student, teacher.eval()
+
+
+def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = True, bench: bool = False,
+           test_subset: int | None = None) -> dict:
+    """Freeze and export the student of a run; returns (and writes to export.json) what was checked."""
+    from daqkd import build
+
+    config, ckpt = locate_run(target)
+    out = Path(out_dir) if out_dir else ckpt.parent.parent / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    student, teacher = load_student(config, ckpt)
+    frozen, info = freeze(student)
+    cfg = OmegaConf.create(config)
+    dm = build.build_datamodule(cfg)
+    if test_subset:
+        dm.test_subset = test_subset
+    dm.setup("test")
+    shape = (dm.in_channels, dm.image_size, dm.image_size)
+    loader = dm.test_dataloader()
+    reference = predictions(student, loader)
+    report = {"checkpoint": str(ckpt), "bits_w": cfg.bits.w, "bits_a": cfg.bits.a, "quantizer": cfg.quantizer.name, **info,
+              "test_images": len(reference)}
+    report["agreement_frozen"] = float((predictions(frozen, loader) == reference).float().mean())
+    atomic_torch_save(frozen, out / "student_int.pt")
+    save_weights(frozen, out / "student_weights.npz")
+    report["files"] = {"frozen": str(out / "student_int.pt"), "weights": str(out / "student_weights.npz")}
+    if onnx:
+        export_onnx(frozen, out / "student.onnx", shape)
+        report["files"]["onnx"] = str(out / "student.onnx")
+        for key, fused in (("agreement_onnx", False), ("agreement_onnx_fused", True)):
+            report[key] = float((predictions(onnx_session(out / "student.onnx", fused), loader) == reference).float().mean())
+        from daqkd.export.int8 import export_int8_onnx, fused_ops
+
+        try:
+            int8 = export_int8_onnx(frozen, dm.calibration_batch(512), out / "student_int8.onnx")
+        except ExportError as e:
+            report["int8"] = {"skipped": str(e)}
+        else:
+            report["files"]["int8"] = int8["path"]
+            test_acc = lambda preds: float((preds == labels).float().mean())  # noqa: E731
+            labels = torch.cat([y for _, y in loader])
+            int8_preds = predictions(onnx_session(out / "student_int8.onnx", fused=True), loader)
+            report["int8"] = {"quantized_convs": int8["quantized_convs"], "ort_ops": fused_ops(out / "student_int8.onnx"),
+                              "agreement": float((int8_preds == reference).float().mean()),
+                              "test_acc": test_acc(int8_preds), "student_test_acc": test_acc(reference)}
+    if bench:
+        export_onnx(teacher, out / "teacher_fp.onnx", shape)
+        report["bench"] = {"teacher_fp": onnx_bench(out / "teacher_fp.onnx", shape),
+                           "student": onnx_bench(out / "student.onnx", shape),
+                           "student_fused": onnx_bench(out / "student.onnx", shape, fused=True)}
+        if (out / "student_int8.onnx").is_file():
+            report["bench"]["student_int8"] = onnx_bench(out / "student_int8.onnx", shape, fused=True)
+    fp_bytes = sum(p.numel() * 4 for p in teacher.parameters())
+    report["bytes"] = {"teacher_fp32_weights": fp_bytes, **{k: Path(v).stat().st_size for k, v in report["files"].items()}}
+    atomic_write_json(out / "export.json", report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m daqkd.export", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="a run folder written by daqkd.run, or a .ckpt inside one")
+    parser.add_argument("--out", help="where to write (default: <run folder>/export)")
+    parser.add_argument("--no-onnx", action="store_true", help="only the frozen PyTorch module")
+    parser.add_argument("--bench", action="store_true", help="ONNX Runtime batch-1 latency, batch-64 throughput and size, FP vs student")
+    parser.add_argument("--test-subset", type=int, help="check agreement on this many test images (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    with reported_as_one_line():
+        report = export(args.target, args.out, onnx=not args.no_onnx, bench=args.bench, test_subset=args.test_subset)
+    print(summary(report))
+
+
+def summary(report: dict) -> str:
+    """What ``export`` wrote and checked, as lines and (with ``--bench``) a table; export.json has all."""
+    files = report["files"]
+    lines = [f"wrote {', '.join(Path(f).name for f in files.values())} into {Path(files['frozen']).parent}",
+             f"agreement with the training-time student on {report['test_images']} test images: frozen {report['agreement_frozen']:.2%}"
+             + (f", student.onnx {report['agreement_onnx']:.2%} (fused {report['agreement_onnx_fused']:.2%})" if "agreement_onnx" in report else "")]
+    int8 = report.get("int8") or {}
+    if "skipped" in int8:
+        lines.append(f"student_int8.onnx not written: {int8['skipped']}")
+    elif int8:
+        lines.append(f"student_int8.onnx: agreement {int8['agreement']:.2%}, test accuracy {int8['test_acc']:.2%} "
+                     f"(student {int8['student_test_acc']:.2%}), {int8['quantized_convs']} quantized convs")
+    bench = report.get("bench")
+    if bench:
+        fp = bench["teacher_fp"]
+        lines += ["", "| model (ONNX Runtime, CPU) | file (MB) | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput |",
+                  "| --- | --- | --- | --- | --- |"]
+        names = {"teacher_fp": "FP teacher", "student": "student.onnx (exact)", "student_fused": "student.onnx, QDQ fused",
+                 "student_int8": "student_int8.onnx (integer kernels)"}
+        for key, name in names.items():
+            if key in bench:
+                r = bench[key]
+                lines.append(f"| {name} | {r['size_mb']:.2f} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:,.0f} | "
+                             f"{r['throughput_b64_img_s'] / fp['throughput_b64_img_s']:.2f} |")
+    lines.append(f"details: {Path(files['frozen']).parent / 'export.json'}")
+    return "\n".join(lines)
