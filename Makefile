@@ -63,7 +63,7 @@ bench: data
 	$(PY) -m daqkd.bench $(ARGS)
 
 # What the exported student costs in ONNX Runtime against its teacher: FP, exact and integer forms.
-bench-export: data
+bench-export: setup
 	$(PY) -m daqkd.bench_export $(ARGS)
 
 # A lent GPU machine has torch, lightning and torchvision but no network: .device/ carries the rest

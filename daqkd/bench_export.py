@@ -3,17 +3,17 @@ costs where it runs, against its FP teacher, in ONNX Runtime on this CPU (one pr
 
 For ResNet-20 at 28×28×1 (Fashion-MNIST), ResNet-56 at 32×32×3 and ResNet-18 at 64×64×3 (large
 enough to be compute-bound), with random weights (speed and size do not depend on them; BatchNorm
-statistics are set on random images so that folding is realistic) and students calibrated at W8A8
-and W2A2 (EWGS), it measures batch-1 latency, batch-64 throughput and file sizes of: the FP teacher,
+statistics are set on random images so that folding is realistic) and students calibrated at W8A8,
+W4A4 and W2A2 (EWGS), it measures batch-1 latency, batch-64 throughput and file sizes of: the FP teacher,
 the exact form (student.onnx, QDQ computed in float), and the integer-kernel form
 (student_int8.onnx, QLinearConv/QLinearAdd); and the weight files (student_int.pt, the packed npz).
-Ratios to the teacher are measured in the same process, one right after the other.
+Ratios to the teacher are measured in the same process and session settings (the teacher first, then
+each student; ONNX Runtime's threads as ``onnx_session`` sets them, recorded).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import tempfile
@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from daqkd.export import export_int8_onnx, export_onnx, freeze, fused_ops, onnx_bench, save_weights
+from daqkd.export.runtime import onnx_session_threads
+from daqkd.io import atomic_write_json
 from daqkd.models import create_model
 from daqkd.quant import EWGSQuantizer, calibrate, quantize_model
 
@@ -55,7 +57,7 @@ def measure(quick: bool) -> dict:
             export_onnx(teacher, tmp / "fp.onnx", shape)
             fp = onnx_bench(tmp / "fp.onnx", shape, repeats)
             entry = {"teacher_fp": fp, "teacher_fp32_weight_bytes": sum(p.numel() * 4 for p in teacher.parameters())}
-            for bits in (8, 2):
+            for bits in (8, 4, 2):
                 student = quantize_model(copy.deepcopy(teacher), ewgs, ewgs, bits, bits, "fp", True)
                 calibrate(student, calib)
                 frozen, _ = freeze(student.eval())
@@ -83,7 +85,7 @@ def table(result: dict) -> str:
     for model, e in result.items():
         fp = e["teacher_fp"]
         lines.append(f"| {model} | FP teacher | {fp['latency_b1_ms']:.2f} | {fp['throughput_b64_img_s']:.0f} | 1.00 | {fp['size_mb']:.2f} |")
-        for bits in ("W8A8", "W2A2"):
+        for bits in ("W8A8", "W4A4", "W2A2"):
             for form in ("exact", "int8"):
                 r = e[bits][form]
                 lines.append(f"| {model} | {bits} {form} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:.0f} | "
@@ -96,14 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/export.json")
     ap.add_argument("--quick", action="store_true", help="ResNet-20 only, few repeats (a smoke run)")
     args = ap.parse_args(argv)
+    import onnxruntime as ort
+
     start = time.perf_counter()
     result = {"machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()},
+                          "torch": torch.__version__, "onnxruntime": ort.__version__,
+                          "ort_intra_op_threads": onnx_session_threads()},
               "models": measure(args.quick)}
     result["seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(table(result["models"]))
     print(f"\n{result['seconds']:.0f} s; written to {out}")
     return 0

@@ -1,9 +1,11 @@
 """``daqkd <command> [arguments]``: one console command for every entry point. Each subcommand runs
-the same code as ``python -m daqkd.<module>``, which keeps working, with the same arguments."""
+``python -m daqkd.<module>`` in this process, as ``__main__`` with the same arguments, so it is the
+same code path (Lightning's DDP launcher, which restarts the command line for each rank, restarts
+``python -m daqkd.run ...``). Arguments that start with an override (``daqkd bits=4``) go to ``run``."""
 from __future__ import annotations
 
-import importlib
-import inspect
+import importlib.util
+import runpy
 import sys
 
 # name: (module, what it does, an example)
@@ -20,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "daqkd teacher dataset=cifar100 model=vgg13"),
     "stats": ("daqkd.stats", "a data set's per-channel mean and std, to paste into its YAML",
               "daqkd stats dataset=imagefolder dataset.num_classes=5 dataset.datamodule.source_options.folder=/data/mine"),
+    "download": ("daqkd.data.download", "fetch a data set into data/ (needs a network once)", "daqkd download fashion_mnist"),
     "bench": ("daqkd.bench", "speed figures against their targets (bench/bench.json)", "daqkd bench --quick"),
     "bench-export": ("daqkd.bench_export", "the exported forms' speed and size against the FP teacher (bench/export.json)",
                      "daqkd bench-export --quick"),
@@ -31,7 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: daqkd <command> [arguments]     (daqkd <command> --help for its own arguments)", "", "commands:"]
+    lines = ["usage: daqkd <command> [arguments]     (daqkd <command> --help for its own arguments;",
+             "       daqkd key=value ... is daqkd run key=value ...)", "", "commands:"]
     for name, (module, what, example) in COMMANDS.items():
         lines += [f"  {name:<{width}}  {what}", f"  {'':<{width}}  e.g. {example}   (= python -m {module})"]
     return "\n".join(lines)
@@ -40,18 +44,26 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if "=" in argv[0] or argv[0] in ("-m", "--multirun", "-c", "--cfg", "--info"):
+        argv = ["run", *argv]  # Hydra overrides or flags: the run command, as `daqkd` was before it had subcommands
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"daqkd: error: no command {name!r}; the commands are {', '.join(COMMANDS)}, e.g. daqkd run bits=4 "
               "(daqkd --help says what each does)", file=sys.stderr)
         return 2
-    entry = importlib.import_module(COMMANDS[name][0]).main
-    sys.argv = [f"daqkd {name}", *rest]  # Hydra's commands read the command line themselves
-    takes_argv = any(p.default is inspect.Parameter.empty for p in inspect.signature(entry).parameters.values())
-    code = entry(rest) if takes_argv else entry()
-    return int(code or 0)
+    module = COMMANDS[name][0]
+    spec = importlib.util.find_spec(module)
+    origin = spec.origin if spec.submodule_search_locations is None else importlib.util.find_spec(f"{module}.__main__").origin
+    sys.argv = [origin, *rest]  # what python -m would set: Hydra and Lightning read it
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # sys.exit("message") prints it, as the interpreter would
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

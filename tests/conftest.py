@@ -27,29 +27,39 @@ def compose_cfg(root, cache, *overrides: str, fast: bool = True) -> DictConfig:
 
 
 @pytest.fixture
-def entry_point(monkeypatch, capsys):
+def entry_point(monkeypatch, capfd):
     """entry_point(root, *args, module="daqkd.run") -> CompletedProcess: ``python -m module *args`` from
     ``root`` (DAQKD_ROOT=root), run in this process through the module's real main(), Hydra included,
-    with its exit code and stderr; seconds faster than a fresh Python. Tests of what only a fresh
-    process shows (an exit status set by the interpreter, signals) start one instead."""
+    with its exit code, stdout and stderr (file descriptors, so child processes' output too); seconds
+    faster than a fresh Python. What a run leaves in the process (Lightning's PL_* seed variables, the
+    root logger's handlers) is put back. Tests of what only a fresh process shows (an exit status set by
+    the interpreter, signals, a fresh import elsewhere) start one instead."""
     import importlib
+    import inspect
+    import logging
     import subprocess
     import sys
 
     def run(root, *args: str, module: str = "daqkd.run") -> subprocess.CompletedProcess:
         main = importlib.import_module(module).main
+        root_logger = logging.getLogger()
+        handlers, level = list(root_logger.handlers), root_logger.level
         with monkeypatch.context() as m:
             m.chdir(root)
             m.setenv("DAQKD_ROOT", str(root))
-            m.delenv("HYDRA_FULL_ERROR", raising=False)
-            m.delenv("DAQKD_TRACEBACK", raising=False)
+            for name in ("HYDRA_FULL_ERROR", "DAQKD_TRACEBACK", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+                m.setenv(name, "")  # recorded, so whatever the run sets is put back when the context ends
+                m.delenv(name)
             m.setattr(sys, "argv", [module, *args])
-            capsys.readouterr()
+            capfd.readouterr()
+            takes_argv = any(p.default is inspect.Parameter.empty for p in inspect.signature(main).parameters.values())
             try:
-                code = main()
+                code = main(list(args)) if takes_argv else main()
             except SystemExit as e:
                 code = e.code
-        out, err = capsys.readouterr()
+            finally:
+                root_logger.handlers[:], root_logger.level = handlers, level
+            out, err = capfd.readouterr()
         return subprocess.CompletedProcess([module, *args], code or 0, out, err)
 
     return run

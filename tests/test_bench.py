@@ -49,7 +49,7 @@ def test_export_bench_measures_every_form(tmp_path, monkeypatch, capsys):
     assert bench_export.main(["--quick", "--out", str(out)]) == 0
     entry = json.loads(out.read_text())["models"]["resnet20@8"]
     fp = entry["teacher_fp"]
-    for bits in ("W8A8", "W2A2"):
+    for bits in ("W8A8", "W4A4", "W2A2"):
         e = entry[bits]
         assert e["quantized_convs"] == 18 and e["int8_ops"].get("QLinearConv", 0) >= 1  # the integer kernels ran (the first conv stays FP)
         for form in ("exact", "int8"):

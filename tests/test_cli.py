@@ -1,20 +1,25 @@
-"""daqkd <command>: the console command reaches every entry point's own main."""
+"""daqkd <command>: the console command runs every entry point as python -m would."""
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from daqkd import cli
 from daqkd.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_entry_point_is_a_subcommand():
-    # Every module run as python -m daqkd.<name> (it has a __main__ block, or is a package with __main__.py) is one.
-    entry_points = {f"daqkd.{p.stem}" for p in (REPO / "daqkd").glob("*.py") if 'if __name__ == "__main__"' in p.read_text()}
-    entry_points |= {f"daqkd.{p.parent.name}" for p in (REPO / "daqkd").glob("*/__main__.py")}
-    assert entry_points - {"daqkd.cli"} == {module for module, _, _ in COMMANDS.values()}
+    # Every module run as python -m daqkd.<...> (a __main__ block, or a package's __main__.py) is one.
+    found = set()
+    for p in (REPO / "daqkd").rglob("*.py"):
+        dotted = ".".join(p.relative_to(REPO).with_suffix("").parts)
+        if p.name == "__main__.py":
+            found.add(dotted.removesuffix(".__main__"))
+        elif 'if __name__ == "__main__"' in p.read_text():
+            found.add(dotted)
+    assert found - {"daqkd.cli"} == {module for module, _, _ in COMMANDS.values()}
     for module, _, example in COMMANDS.values():
         assert callable(importlib.import_module(module).main) and example.startswith("daqkd ")
 
@@ -29,12 +34,27 @@ def test_help_lists_the_commands_and_a_wrong_one_is_one_line():
 
 
 def test_a_subcommand_runs_that_commands_code(entry_point, tmp_path):
-    # daqkd run --cfg job prints the composed config as python -m daqkd.run does.
+    # daqkd run --cfg job prints the composed config as python -m daqkd.run does; so does daqkd bits=4 ...
     via_cli = entry_point(tmp_path, "run", "bits=4", "--cfg", "job", module="daqkd.cli")
+    bare = entry_point(tmp_path, "bits=4", "--cfg", "job", module="daqkd.cli")
     direct = entry_point(tmp_path, "bits=4", "--cfg", "job", module="daqkd.run")
-    assert via_cli.returncode == direct.returncode == 0
-    assert via_cli.stdout == direct.stdout and "w: 4" in via_cli.stdout
-    # An argparse command gets its arguments, and its error is its own one line.
+    assert via_cli.returncode == bare.returncode == direct.returncode == 0
+    assert via_cli.stdout == bare.stdout == direct.stdout and "w: 4" in via_cli.stdout
+    # An argparse command gets its arguments, and its error is its own one line, with its exit status.
     missing = entry_point(tmp_path, "report", str(tmp_path / "nowhere"), module="daqkd.cli")
-    assert missing.returncode != 0 and "nowhere" in missing.stderr + missing.stdout
-    assert not os.path.exists(tmp_path / "nowhere")
+    assert missing.returncode == 2 and "nowhere" in missing.stderr and not (tmp_path / "nowhere").exists()
+
+
+def test_a_subcommand_restarts_as_python_m(tmp_path, monkeypatch, capsys):
+    # Lightning's DDP launcher starts each rank with the command line it rebuilds from __main__ and
+    # sys.argv: under daqkd <command> that must be python -m <module> with the same arguments.
+    (tmp_path / "probe_entry.py").write_text(
+        "import sys\n"
+        "from lightning.fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd\n"
+        "def main():\n    print(_basic_subprocess_cmd())\n"
+        "if __name__ == '__main__':\n    main()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "probe", ("probe_entry", "a probe", "daqkd probe"))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert cli.main(["probe", "trainer=ddp", "trainer.devices=2"]) == 0
+    assert capsys.readouterr().out.strip() == str([sys.executable, "-m", "probe_entry", "trainer=ddp", "trainer.devices=2"])

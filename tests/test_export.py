@@ -4,6 +4,7 @@ import copy
 import functools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,3 +373,54 @@ def test_the_int8_form_refuses_what_it_cannot_express(quantizer_factories, tmp_p
     frozen, _ = freeze(student_of(create_model("mobilenetv2", 10, 3, image_size=32).eval(), quantizer_factories["ewgs"], 4, x))
     with pytest.raises(ExportError, match="integer-kernel form|student.onnx"):
         export_int8_onnx(frozen, x, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("name", ["ewgs", "lsq"])
+def test_student_onnx_without_training(quantizer_factories, tmp_path, name):
+    """The dynamo exporter on an untrained student (the fast suite's check of the path the trained
+    tests prove exact): every quantized layer becomes Q/DQ, the batch is dynamic, the file carries no
+    paths of the machine that wrote it, and ONNX Runtime computes the dyadic frozen module exactly up
+    to the average pool at batch 1 and 5 (a random 2-bit network is full of near ties, which only
+    exact arithmetic takes out of the comparison)."""
+    import onnx
+
+    from daqkd.models import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet20", 10, 1).eval()
+    x = torch.randn(16, 1, 28, 28)
+    frozen, info = freeze(student_of(teacher, quantizer_factories[name], 2, x))
+    exact = dyadic(frozen)
+    path = export_onnx(exact, tmp_path / "student.onnx", (1, 28, 28))
+    proto = onnx.load(str(path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == info["quantized_layers"] and ops.count("DequantizeLinear") == 2 * info["quantized_layers"]
+    assert str(Path(__file__).resolve().parents[1]).encode() not in path.read_bytes() and b"stack_trace" not in path.read_bytes()
+    assert not list(tmp_path.glob("*.tmp*"))
+    session = onnx_session(path)
+    images = torch.round(x.clamp(-4, 4) * 64) / 64
+    for batch in (1, 5):
+        ref, out = logits(exact, [(images[:batch], None)]), logits(session, [(images[:batch], None)])
+        assert out.shape == (batch, 10)
+        assert bool(((ref.double() - out.double()).abs() <= final_layer_bound(exact, images[:batch])).all()), (name, batch)
+    assert float(logits(exact, [(images, None)]).std(0).mean()) > 0.01  # a network that tells images apart
+
+
+def test_student_int_pt_written_before_the_export_package_still_loads(quantizer_factories, tmp_path, monkeypatch):
+    """Pickles name their classes' modules: files written when the frozen layers lived in daqkd/export.py
+    name daqkd.export.FrozenLayer (and FrozenActivation, FloatLayer), which must still resolve."""
+    from daqkd.models import create_model
+    from daqkd.quant import convert
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet20", 10, 1).eval()
+    x = torch.randn(4, 1, 28, 28)
+    frozen, _ = freeze(student_of(teacher, quantizer_factories["ewgs"], 2, x))
+    for cls in (convert.FrozenLayer, convert.FrozenActivation, convert.FloatLayer):
+        monkeypatch.setattr(cls, "__module__", "daqkd.export")
+    torch.save(frozen, tmp_path / "old.pt")
+    monkeypatch.undo()
+    assert b"daqkd.quant.convert" not in (tmp_path / "old.pt").read_bytes()  # written as the old module's
+    loaded = torch.load(tmp_path / "old.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), frozen(x))

@@ -1,5 +1,8 @@
 """The whole run on a tiny subset of real Fashion-MNIST: the DA reaches training, results, resume (daqkd/run.py)."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -233,7 +236,10 @@ def test_resume_restores_quantizer_state_without_recalibrating(make_cfg, tmp_pat
     assert results.student.epochs == 2
 
 def test_cli_from_another_directory(tmp_path, entry_point):
-    ok = entry_point(tmp_path, "bits=4", "quantizer=ewgs", "augment=auto", "--cfg", "job")
+    # A fresh interpreter started elsewhere finds the configs (the installed package, not this folder).
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
+    ok = subprocess.run([sys.executable, "-m", "daqkd.run", "bits=4", "quantizer=ewgs", "augment=auto", "--cfg", "job"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "w: 4" in ok.stdout and "name: ewgs" in ok.stdout
     bad = entry_point(tmp_path, "quantizer=nope", "--cfg", "job")

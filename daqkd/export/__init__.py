@@ -18,7 +18,7 @@ when the frozen layers lived here still load.
 """
 from daqkd.errors import ExportError
 from daqkd.export.command import export, load_student, locate_run, main
-from daqkd.export.int8 import export_int8_onnx, fused_ops  # noqa: I001 (after qdq, which it reads)
+from daqkd.export.int8 import export_int8_onnx, fused_ops
 from daqkd.export.qdq import OPSET, export_onnx
 from daqkd.export.runtime import logits, onnx_bench, onnx_session, predictions
 from daqkd.export.weights import load_weights_file, save_weights
@@ -27,4 +27,4 @@ from daqkd.quant.convert import FloatLayer, FrozenActivation, FrozenLayer, batch
 __all__ = ["OPSET", "ExportError", "FloatLayer", "FrozenActivation", "FrozenLayer", "batchnorm_affine", "container_bits",
            "conv_bn_pairs", "export", "export_int8_onnx", "export_onnx", "freeze", "fused_ops", "load_student",
            "load_weights_file", "locate_run", "logits", "main", "onnx_bench", "onnx_session", "pack", "predictions",
-           "save_weights", "unpack"]
+           "save_weights", "unpack", "dequantize_weight", "quantize_act", "split_zero", "unsigned"]

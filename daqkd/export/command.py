@@ -120,6 +120,7 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
                               "test_acc": test_acc(int8_preds), "student_test_acc": test_acc(reference)}
     if bench:
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
+        report["files"]["teacher_onnx"] = str(out / "teacher_fp.onnx")
         report["bench"] = {"teacher_fp": onnx_bench(out / "teacher_fp.onnx", shape),
                            "student": onnx_bench(out / "student.onnx", shape),
                            "student_fused": onnx_bench(out / "student.onnx", shape, fused=True)}
@@ -152,6 +153,9 @@ def summary(report: dict) -> str:
     lines = [f"wrote {', '.join(Path(f).name for f in files.values())} into {Path(files['frozen']).parent}",
              f"agreement with the training-time student on {report['test_images']} test images: frozen {report['agreement_frozen']:.2%}"
              + (f", student.onnx {report['agreement_onnx']:.2%} (fused {report['agreement_onnx_fused']:.2%})" if "agreement_onnx" in report else "")]
+    sizes = report["bytes"]
+    lines.append("sizes: " + ", ".join(f"{Path(files[k]).name} {sizes[k] / 1e6:.2f} MB" for k in files if k in sizes)
+                 + f" (the teacher's fp32 weights: {sizes['teacher_fp32_weights'] / 1e6:.2f} MB)")
     int8 = report.get("int8") or {}
     if "skipped" in int8:
         lines.append(f"student_int8.onnx not written: {int8['skipped']}")

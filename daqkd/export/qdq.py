@@ -22,7 +22,7 @@ OPSET = 18  # the first the dynamo exporter writes
 def _translations() -> dict:
     """ONNX for daqkd's two custom ops (``daqkd.quant.convert``), for the dynamo exporter: each op's
     scalars are Python numbers at export time, so every constant is written as it is."""
-    import onnx_ir as ir
+    from onnxscript import ir
     from onnxscript import opset18 as op
 
     def f32(v):
@@ -67,11 +67,32 @@ def export_onnx(model: nn.Module, path: str | Path, image_shape: tuple[int, int,
         program = torch.onnx.export(model, (torch.zeros(2, *image_shape),), dynamo=True, opset_version=OPSET,
                                     input_names=["image"], output_names=["logits"], dynamic_shapes=({0: batch},),
                                     custom_translation_table=_translations(), optimize=True, verbose=False)
-    program.save(str(tmp))
     try:
-        onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+        program.save(str(tmp))
+        proto = onnx.load(str(tmp))
+        strip_metadata(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
     return path
+
+
+def strip_metadata(proto) -> None:
+    """Drop what the dynamo exporter records for debugging on every node (the source file paths and
+    stack trace, the fx node, the module hierarchy): a third of a small model's file, and the
+    exporting machine's paths, which a shipped file should not carry."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        del graph.metadata_props[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attribute in node.attribute:  # the bodies of If and Loop
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+    proto.doc_string = ""

@@ -11,6 +11,11 @@ import torch
 import torch.nn as nn
 
 
+def onnx_session_threads() -> int:
+    """ONNX Runtime's intra-op threads in every session here: the cores this process may use, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def onnx_session(path: str | Path, fused: bool = False):
     """An ONNX Runtime CPU session. ``fused=False`` turns off ORT's QDQ fusion (integer kernels), so
     Q/DQ run as written; with it on (ORT's default), the fused kernels of onnxruntime 1.32 disagreed
@@ -19,7 +24,7 @@ def onnx_session(path: str | Path, fused: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    opts.intra_op_num_threads = onnx_session_threads()
     if not fused:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -55,7 +55,7 @@ def quantize_act(x: torch.Tensor, s_in: float, zi_in: int, r_in: float, qmin: in
                  s_out: float, zi_out: int, r_out: float) -> torch.Tensor:
     """k = clamp(round((x + s_in·r_in)/s_in) + zi_in, qmin, qmax); y = s_out·(k − zi_out) − s_out·r_out,
     where z = zi + r splits each zero point (= s_out·(round(x/s_in + z_in) − z_out), clamped).
-    An op of its own so that ONNX gets it as QuantizeLinear/DequantizeLinear (``_quantize_act_onnx``)."""
+    An op of its own so that ONNX gets it as QuantizeLinear/DequantizeLinear (``daqkd.export.qdq``)."""
     v = x + s_in * r_in if r_in != 0 else x
     v = v.clamp(s_in * (qmin - zi_in), s_in * (qmax - zi_in))  # the b-bit range, before rounding (as ONNX does)
     k = torch.round(v / s_in) + zi_in
@@ -71,7 +71,7 @@ def _(x, s_in, zi_in, r_in, qmin, qmax, s_out, zi_out, r_out):
 @torch.library.custom_op("daqkd::dequantize_weight", mutates_args=())
 def dequantize_weight(k: torch.Tensor, scale: torch.Tensor, zi: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
     """w = s·(k − zi) − c per output channel (axis 0); c = s·r, the fractional part of the zero point
-    (empty when there is none). ONNX: DequantizeLinear on the stored integers (``_dequantize_weight_onnx``)."""
+    (empty when there is none). ONNX: DequantizeLinear on the stored integers (``daqkd.export.qdq``)."""
     shape = (-1,) + (1,) * (k.ndim - 1)
     w = (k.float() - zi.float().view(shape)) * scale.view(shape)
     return w - correction if correction.numel() else w
