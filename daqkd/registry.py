@@ -10,6 +10,7 @@ report, the error messages and the tests iterate the registries, so nothing else
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,7 @@ class Registry(Generic[T]):
         self.kind, self.owner = kind, owner  # owner: the module whose import fills the registry
         self._entries: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._loaded = False
 
     def register(self, name: str, **meta) -> Callable[[T], T]:
         """Decorator: register the decorated object as ``name`` (``meta`` is kept beside it)."""
@@ -40,7 +42,15 @@ class Registry(Generic[T]):
         self._meta[name] = meta
 
     def _load(self) -> None:
-        importlib.import_module(self.owner)
+        """Import the owner and, when it is a package, every public module in it: a new extension's
+        file registers itself without being imported anywhere else."""
+        if self._loaded:
+            return
+        owner = importlib.import_module(self.owner)
+        for info in pkgutil.iter_modules(getattr(owner, "__path__", [])):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.owner}.{info.name}")
+        self._loaded = True
 
     def names(self) -> list[str]:
         self._load()
@@ -70,9 +80,9 @@ class Registry(Generic[T]):
 
 
 MODELS: Registry = Registry("model", "daqkd.models")
-SOURCES: Registry = Registry("data set", "daqkd.data.sources")
-AUGMENTS: Registry = Registry("augmentation", "daqkd.augment.registry")
-SELECTORS: Registry = Registry("selector", "daqkd.metric.scoring")
+SOURCES: Registry = Registry("data set", "daqkd.data")
+AUGMENTS: Registry = Registry("augmentation", "daqkd.augment")
+SELECTORS: Registry = Registry("selector", "daqkd.metric")
 QUANTIZERS: Registry = Registry("quantizer", "daqkd.quant")
 KD_METHODS: Registry = Registry("KD method", "daqkd.kd")
 

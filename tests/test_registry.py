@@ -34,3 +34,18 @@ def test_registering_a_name_twice_is_an_error():
 def test_the_config_groups_name_the_registered_extensions(group, listing, extra):
     yamls = {p.stem for p in (Path(config_dir()) / group).glob("*.yaml")}
     assert yamls == set(listing()) | extra
+
+
+def test_a_new_module_in_the_owner_package_registers_itself(tmp_path, monkeypatch):
+    """Adding an extension is one file: the registry imports every public module of its package."""
+    from daqkd.registry import Registry
+
+    pkg = tmp_path / "toypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from daqkd.registry import Registry\nTHINGS = Registry('thing', 'toypkg')\n")
+    (pkg / "plugin.py").write_text("from toypkg import THINGS\nTHINGS.add('mine', 42)\n")
+    (pkg / "_private.py").write_text("raise RuntimeError('a private module is not imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import toypkg
+
+    assert isinstance(toypkg.THINGS, Registry) and toypkg.THINGS.names() == ["mine"] and toypkg.THINGS.get("mine") == 42

@@ -12,7 +12,7 @@ import logging
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from daqkd.metric.scoring import SELECTORS, Selection
+from daqkd.metric.scoring import SELECTORS, Selection, selector_value
 from daqkd.metric.select import SCORE_FIELDS, STATE_KEY
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,12 @@ class DAMetricCallback(L.Callback):
         trainer.datamodule.set_train_augment(self.selection.selected)
         if trainer.is_global_zero and self.selection.scores and self.log_scores:
             rows = [s.as_dict() for s in self.selection.scores]
+            # Each selector under its name: the record's own field where it has one (so cmi and teacher_acc
+            # keep their signs), else the selector's value (a selector added without a field of its own).
+            metrics = {f"augment/{r['name']}/{k}": r[k] if k in r else selector_value(s, k)
+                       for s, r in zip(self.selection.scores, rows) for k in (*SELECTORS, "dev", "cmi")}
             for logger in trainer.loggers:
-                logger.log_metrics({f"augment/{r['name']}/{k}": r[k] for r in rows for k in (*SELECTORS, "dev", "cmi")}, step=0)
+                logger.log_metrics(metrics, step=0)
                 if isinstance(logger, WandbLogger):
                     logger.log_table("augment_scores", columns=SCORE_FIELDS, data=[[r[k] for k in SCORE_FIELDS] for r in rows])
 
