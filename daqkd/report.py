@@ -452,9 +452,10 @@ def budget_plot(families: list[list[Setting]], path: Path) -> None:
                          fontsize=8)
         ax_reg.set_ylabel("regret of the pick (points)\nbest DA's accuracy − pick's")
         ax_reg.set_title("0: the selector picked the best DA", fontsize=8)
-        ax_reg.legend(fontsize=7, loc="best", title="selector", title_fontsize=7)
+        # Beside the axes, never over a line.
+        ax_reg.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, title="selector", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
