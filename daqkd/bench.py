@@ -492,7 +492,8 @@ class Bench:
         workers = self.dm.num_workers
         auto = max(1, usable_cores() - workers)
         out = {"cores": usable_cores(), "loader_workers": workers, "auto_threads": auto}
-        for label, threads in (("auto", auto), ("every core", usable_cores())):
+        modes = (("auto", auto),) if self.quick else (("auto", auto), ("every core", usable_cores()))  # quick: the target's row
+        for label, threads in modes:
             idle = self.steps_per_second(threads, seconds)
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
