@@ -484,8 +484,8 @@ class Bench:
 
     def contention(self) -> dict:
         """The default run's training rate with one other busy process on the machine against the
-        same without it, with speed.threads=auto (the cores less one per loader worker), and with every
-        core (PyTorch's default before speed.threads) for comparison."""
+        same without it, with speed.threads=auto (the cores less one per loader worker), and (not in
+        --quick) with every core (PyTorch's default before speed.threads) for comparison."""
         from daqkd.torchutil import usable_cores
 
         seconds = 1.0 if self.quick else 12.0

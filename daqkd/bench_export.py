@@ -80,7 +80,7 @@ def measure(quick: bool) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| model | form | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput | file (MB) |",
+    lines = ["| model | form | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput | file (MiB) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for model, e in result.items():
         fp = e["teacher_fp"]

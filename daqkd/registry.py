@@ -46,11 +46,11 @@ class Registry(Generic[T]):
         file registers itself without being imported anywhere else."""
         if self._loaded:
             return
+        self._loaded = True  # set first: a module that fails is reported once, not re-run into "registered twice"
         owner = importlib.import_module(self.owner)
         for info in pkgutil.iter_modules(getattr(owner, "__path__", [])):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self.owner}.{info.name}")
-        self._loaded = True
 
     def names(self) -> list[str]:
         self._load()

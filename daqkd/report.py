@@ -471,7 +471,7 @@ def scatter(settings: list[Setting], path: Path) -> None:
     cols = min(len(shown), 3)
     rows = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.8 * cols, 4.8 * rows), squeeze=False)
-    markers = dict(zip(SELECTORS, "osD^v<>ph*"))
+    markers = {sel: "osD^v<>ph*"[i % 10] for i, sel in enumerate(SELECTORS)}
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, st in zip(axes.flat, shown):

@@ -165,7 +165,7 @@ def summary(report: dict) -> str:
     bench = report.get("bench")
     if bench:
         fp = bench["teacher_fp"]
-        lines += ["", "| model (ONNX Runtime, CPU) | file (MB) | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput |",
+        lines += ["", "| model (ONNX Runtime, CPU) | file (MiB) | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput |",
                   "| --- | --- | --- | --- | --- |"]
         names = {"teacher_fp": "FP teacher", "student": "student.onnx (exact)", "student_fused": "student.onnx, QDQ fused",
                  "student_int8": "student_int8.onnx (integer kernels)"}

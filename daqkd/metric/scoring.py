@@ -91,7 +91,10 @@ def selector_value(score: AugmentScore, selector: str) -> float:
 
 
 def selector_se(score: AugmentScore, selector: str) -> float:
-    return getattr(score, SELECTORS.meta(selector)["field"] + "_se")
+    """The standard error of the record field the selector names (``field=``); NaN for a selector
+    registered without one, whose candidates then never count as tied."""
+    field = SELECTORS.meta(selector).get("field")
+    return getattr(score, field + "_se") if field else float("nan")
 
 
 @dataclass

@@ -106,8 +106,11 @@ def pruner(rule: Rule, epochs: int | None, z: float) -> Callable[[list[AugmentSc
     race under ``rule``'s selector, those within ``z`` combined standard errors of the leader. One
     left means the leader is ahead of every other by more than that, and scoring stops."""
     selector = rule.selector_for(epochs)[0]
+    with_se = SELECTORS.meta(selector).get("field") is not None
 
     def prune(scores: list[AugmentScore]) -> list[str]:
+        if not with_se:  # a selector registered without a standard error never decides early: every image is scored
+            return [s.name for s in scores]
         values = [selector_value(s, selector) for s in scores]
         lead = min(range(len(scores)), key=values.__getitem__)
         se_lead = _se(scores[lead], selector)

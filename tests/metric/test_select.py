@@ -53,3 +53,17 @@ def test_a_blanking_da_is_not_milder_for_a_weak_teacher():
     blank = s("random_erasing", 0.0, 0.1, 2.30, 0.2, 2.30, 0.10)
     real = s("trivialaugment", -0.1, 0.1, 2.40, 0.2, 2.60, 0.25)
     assert decide([blank, real], Rule(selector="m"), 1).selected == "trivialaugment"
+
+
+def test_a_selector_registered_without_a_standard_error(monkeypatch):
+    """A selector added with SELECTORS.add(name, fn) and no field= has no standard error: it picks by its
+    value alone (ties only at equal values), and scoring in rounds never stops early for it."""
+    from daqkd.metric.select import pruner
+    from daqkd.registry import SELECTORS
+
+    SELECTORS.names()
+    monkeypatch.setattr(SELECTORS, "_entries", {**SELECTORS._entries, "neg_teacher_ce": lambda sc: -sc.teacher_ce})
+    monkeypatch.setattr(SELECTORS, "_meta", {**SELECTORS._meta, "neg_teacher_ce": {}})
+    rule = Rule(selector="neg_teacher_ce")
+    assert decide(POOL, rule, 2).selected == "cutmix"  # the highest teacher CE (1.50)
+    assert pruner(rule, 2, 3.0)(POOL) == [p.name for p in POOL]

@@ -182,6 +182,11 @@ def test_readme_quantizer_example_works(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
+    from daqkd.registry import QUANTIZERS
+
+    QUANTIZERS.names()  # loaded first, so that what the example registers can be taken out again
+    monkeypatch.setattr(QUANTIZERS, "_entries", dict(QUANTIZERS._entries))
+    monkeypatch.setattr(QUANTIZERS, "_meta", dict(QUANTIZERS._meta))
     cfg = yaml.safe_load(conf.replace("daqkd.quant.mine", "readme_example").replace("${.weight}", "null"))
     factory = instantiate(cfg["weight"])
     model = quantize_model(create_model("resnet20", 10, 1), factory, factory, 3, 3, cfg["first_last"])
@@ -191,6 +196,7 @@ def test_readme_quantizer_example_works(tmp_path, monkeypatch):
     assert len(torch.unique(q(model.layer1[0].conv1.weight))) <= 2**3
     model(x).sum().backward()
     assert q.range.grad is not None
+    assert "maxabs" in QUANTIZERS._entries  # the example registered itself, under its YAML's name
     sys.modules.pop("readme_example", None)
 
 
