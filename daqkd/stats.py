@@ -12,6 +12,9 @@ from daqkd.errors import reported_as_one_line
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     overrides = [*argv, "paths.output_dir=."]
     with reported_as_one_line():
         check_command_line(overrides)  # the overrides of python -m daqkd.run, checked the same way

@@ -264,6 +264,15 @@ def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path, capsys):
         row = next(line for line in printed.splitlines() if line.startswith(f"| {form} |"))
         assert float(row.split("|")[4].replace(",", "")) > 0  # its throughput, measured
     assert report["bench"]["student_int8"]["throughput_b64_img_s"] > 0
+    # A copied run exports its own checkpoint into itself; the original is not touched.
+    import shutil
+
+    shutil.copytree(out, tmp_path / "copy", ignore=shutil.ignore_patterns("export"))
+    before = sorted(p.name for p in (out / "export").iterdir())
+    main([str(tmp_path / "copy"), "--no-onnx", "--test-subset", "32"])
+    copied = json.loads((tmp_path / "copy" / "export" / "export.json").read_text())
+    assert Path(copied["checkpoint"]).parent == tmp_path / "copy" / "checkpoints"
+    assert sorted(p.name for p in (out / "export").iterdir()) == before
     # The plumbing of a run folder's export. Fidelity is proven layer by layer and exactly elsewhere
     # (assert_layers_agree, the dyadic ONNX test); on a briefly trained student, float rounding moves
     # a few near ties whichever way the CPU sums, so agreement is only required to be high.
@@ -424,3 +433,12 @@ def test_student_int_pt_written_before_the_export_package_still_loads(quantizer_
     loaded = torch.load(tmp_path / "old.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(loaded(x), frozen(x))
+
+
+def test_export_command_refuses_what_it_cannot_do(tmp_path, capsys):
+    from daqkd.export import main
+
+    for argv, words in ((["--no-onnx", "--bench"], "drop one of them"), (["--test-subset", "0"], "≥ 1")):
+        with pytest.raises(SystemExit) as e:
+            main([str(tmp_path), *argv])
+        assert e.value.code == 2 and words in capsys.readouterr().err

@@ -24,6 +24,8 @@ from daqkd.io import atomic_torch_save, atomic_write_json, read_checkpoint
 from daqkd.quant.convert import freeze
 from daqkd.result import RunResult
 
+log = logging.getLogger(__name__)
+
 
 def locate_run(target: str | Path) -> tuple[dict, Path]:
     """(the run's resolved config, the student checkpoint) from a run folder or one of its .ckpt files."""
@@ -45,7 +47,16 @@ def locate_run(target: str | Path) -> tuple[dict, Path]:
         ckpt = None
         if run is not None and run.student is not None:
             ckpt = run.student.ckpt
-        ckpt = Path(ckpt) if ckpt and Path(ckpt).is_file() else folder / "checkpoints" / "last.ckpt"
+        # The checkpoint results.json names, looked up in this folder: a copied or moved run exports its own
+        # checkpoint, never the original's (the path recorded is where the run was written).
+        own = folder / "checkpoints" / Path(ckpt).name if ckpt else None
+        if own is not None and own.is_file():
+            ckpt = own
+        else:
+            if ckpt:
+                log.warning("%s does not hold %s, the student results.json names; exporting checkpoints/last.ckpt",
+                            folder / "checkpoints", Path(ckpt).name)
+            ckpt = folder / "checkpoints" / "last.ckpt"
     else:
         ckpt = target
     if not ckpt.is_file():
@@ -82,7 +93,10 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
 
     config, ckpt = locate_run(target)
     out = Path(out_dir) if out_dir else ckpt.parent.parent / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot write the export into {out} ({e.strerror or e}); choose a folder you can write to with --out") from None
     student, teacher = load_student(config, ckpt)
     frozen, info = freeze(student)
     cfg = OmegaConf.create(config)
@@ -118,13 +132,13 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
             report["int8"] = {"quantized_convs": int8["quantized_convs"], "ort_ops": fused_ops(out / "student_int8.onnx"),
                               "agreement": float((int8_preds == reference).float().mean()),
                               "test_acc": test_acc(int8_preds), "student_test_acc": test_acc(reference)}
-    if bench:
+    if bench and onnx:  # only the forms this export wrote (main refuses --bench with --no-onnx)
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
         report["files"]["teacher_onnx"] = str(out / "teacher_fp.onnx")
         report["bench"] = {"teacher_fp": onnx_bench(out / "teacher_fp.onnx", shape),
                            "student": onnx_bench(out / "student.onnx", shape),
                            "student_fused": onnx_bench(out / "student.onnx", shape, fused=True)}
-        if (out / "student_int8.onnx").is_file():
+        if "int8" in report["files"]:
             report["bench"]["student_int8"] = onnx_bench(out / "student_int8.onnx", shape, fused=True)
     fp_bytes = sum(p.numel() * 4 for p in teacher.parameters())
     report["bytes"] = {"teacher_fp32_weights": fp_bytes, **{k: Path(v).stat().st_size for k, v in report["files"].items()}}
@@ -141,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bench", action="store_true", help="ONNX Runtime batch-1 latency, batch-64 throughput and size, FP vs student")
     parser.add_argument("--test-subset", type=int, help="check agreement on this many test images (default: all)")
     args = parser.parse_args(argv)
+    if args.bench and args.no_onnx:
+        parser.error("--bench times the ONNX forms, which --no-onnx does not write; drop one of them")
+    if args.test_subset is not None and args.test_subset < 1:
+        parser.error(f"--test-subset {args.test_subset}: give a number of test images ≥ 1, or leave it out for all of them")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     with reported_as_one_line():
         report = export(args.target, args.out, onnx=not args.no_onnx, bench=args.bench, test_subset=args.test_subset)

@@ -10,6 +10,7 @@ computes in 8 bits (README, "Exporting a student").
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -62,11 +63,17 @@ def export_onnx(model: nn.Module, path: str | Path, image_shape: tuple[int, int,
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model = model.eval().requires_grad_(False)
     batch = torch.export.Dim("batch", min=1)
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]  # a line per folded constant at INFO
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its steps
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (torch.zeros(2, *image_shape),), dynamo=True, opset_version=OPSET,
                                     input_names=["image"], output_names=["logits"], dynamic_shapes=({0: batch},),
                                     custom_translation_table=_translations(), optimize=True, verbose=False)
+    for q, level in zip(quiet, levels):
+        q.setLevel(level)
     try:
         program.save(str(tmp))
         proto = onnx.load(str(tmp))
