@@ -488,7 +488,7 @@ class Bench:
         --quick) with every core (PyTorch's default before speed.threads) for comparison."""
         from daqkd.torchutil import usable_cores
 
-        seconds = 1.0 if self.quick else 12.0
+        seconds = 0.5 if self.quick else 12.0
         workers = self.dm.num_workers
         auto = max(1, usable_cores() - workers)
         out = {"cores": usable_cores(), "loader_workers": workers, "auto_threads": auto}

@@ -88,8 +88,8 @@ def test_sigterm_stops_a_local_sweep_and_says_how_to_go_on(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_whose_jobs_failed_exits_non_zero_with_a_count(tmp_path):
-    p = cli(tmp_path, "-m", "debug=fast", "augment.pool=[]", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sw'}")
+def test_a_sweep_whose_jobs_failed_exits_non_zero_with_a_count(tmp_path, entry_point):
+    p = entry_point(tmp_path, "-m", "debug=fast", "augment.pool=[]", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sw'}")
     line = one_line(p, "2 sweep job(s) failed and 0 were refused", code=1)
     assert str(tmp_path / "sw") in line
 

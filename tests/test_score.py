@@ -30,7 +30,7 @@ def test_score_ranks_the_pool_and_writes_its_files(make_cfg, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_real_tiny_grid_end_to_end(tmp_path):
+def test_a_real_tiny_grid_end_to_end(tmp_path, entry_point):
     env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
 
     def cli(module, *args, code=0):
@@ -39,7 +39,8 @@ def test_a_real_tiny_grid_end_to_end(tmp_path):
         return p
 
     fast = ["debug=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64"]
-    cli("daqkd.score", *fast, "augment.pool=[minimal,cutmix,trivialaugment]")
+    scored = entry_point(tmp_path, *fast, "augment.pool=[minimal,cutmix,trivialaugment]", module="daqkd.score")  # in-process
+    assert scored.returncode == 0, scored.stderr[-3000:]
     assert len(list((tmp_path / "outputs" / "score").glob("*/scores.json"))) == 1
     # 3 DAs × 1 seed, plus a batch size of 0 that fails in each of its 3 jobs: the sweep goes on.
     cli("daqkd.run", "experiment=grid_fashion_mnist_da", *fast,  # the sweep block: every DA of the pool, and auto
@@ -50,6 +51,7 @@ def test_a_real_tiny_grid_end_to_end(tmp_path):
     failed = [r for r in results if r["status"] == "failed"]
     assert len(failed) == 3 and all("batch_size" in r["error"] for r in failed)
     assert len(list((tmp_path / ".cache" / "teachers").glob("*.pt"))) == 1  # one teacher for the seed, reused
-    report = cli("daqkd.report", str(tmp_path / "sweep"))
+    report = entry_point(tmp_path, str(tmp_path / "sweep"), module="daqkd.report")
+    assert report.returncode == 0, report.stderr[-3000:]
     assert "3 runs in 1 setting, 3 failed and left out" in report.stdout and "auto (" in report.stdout
     assert (tmp_path / "sweep" / "scatter.png").is_file()
