@@ -81,6 +81,9 @@ def field(results: RunResult, name: str) -> Any:
         return FIELDS[name](results)
     value: Any = results.to_dict()
     for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise DaqkdError(f"--rows/--cols/--metric {name!r}: no such field in {results.path or 'results.json'}; use one of "
+                             f"{', '.join(FIELDS)} or a dotted path into results.json, e.g. student.test_acc")
         value = value[part]
     return value
 

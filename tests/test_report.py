@@ -181,3 +181,11 @@ def test_a_results_file_of_the_first_schema_still_loads(tmp_path):
     assert r.schema_version == 1 and r.ok and r.student.test_acc == 0.7 and r.selection_how is None
     assert r.augment_scores[0].name == "a" and r.augment_scores[0].ce_cmi != r.augment_scores[0].ce_cmi  # NaN: not recorded
     assert r.teacher.test_acc == 0.9 and r.config["seed"] == 0
+
+
+def test_a_wrong_pivot_is_one_line(sweep, capsys):
+    for argv in (["--rows", "nope"], ["--rows", "augment", "--cols", "student.nope"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(sweep), *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "no such field" in err and len(err.strip().splitlines()) == 1

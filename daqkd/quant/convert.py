@@ -331,4 +331,4 @@ def freeze(student: nn.Module) -> tuple[nn.Module, dict]:
         "batchnorm_kept": kept,
         "integer_weights": sum(int(m.weight_int.numel()) for m in frozen.values() if isinstance(m, FrozenLayer) and m.quantized_weight),
     }
-    return student.eval(), info
+    return student.eval().requires_grad_(False), info  # frozen: nothing to train, outputs track no gradient
