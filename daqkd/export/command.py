@@ -17,6 +17,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from daqkd.errors import CheckpointError, ExportError, reported_as_one_line
+from daqkd.export.int8 import export_int8_onnx, fused_ops
 from daqkd.export.qdq import export_onnx
 from daqkd.export.runtime import onnx_bench, onnx_session, predictions
 from daqkd.export.weights import save_weights
@@ -86,6 +87,11 @@ def load_student(config: dict, ckpt: Path) -> tuple[nn.Module, nn.Module]:
     return student, teacher.eval()
 
 
+def share_equal(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The share of positions where two prediction (or label) vectors agree."""
+    return float((a == b).float().mean())
+
+
 def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = True, bench: bool = False,
            test_subset: int | None = None) -> dict:
     """Freeze and export the student of a run; returns (and writes to export.json) what was checked."""
@@ -109,7 +115,7 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
     reference = predictions(student, loader)
     report = {"checkpoint": str(ckpt), "bits_w": cfg.bits.w, "bits_a": cfg.bits.a, "quantizer": cfg.quantizer.name, **info,
               "test_images": len(reference)}
-    report["agreement_frozen"] = float((predictions(frozen, loader) == reference).float().mean())
+    report["agreement_frozen"] = share_equal(predictions(frozen, loader), reference)
     atomic_torch_save(frozen, out / "student_int.pt")
     save_weights(frozen, out / "student_weights.npz")
     report["files"] = {"frozen": str(out / "student_int.pt"), "weights": str(out / "student_weights.npz")}
@@ -117,21 +123,18 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         export_onnx(frozen, out / "student.onnx", shape)
         report["files"]["onnx"] = str(out / "student.onnx")
         for key, fused in (("agreement_onnx", False), ("agreement_onnx_fused", True)):
-            report[key] = float((predictions(onnx_session(out / "student.onnx", fused), loader) == reference).float().mean())
-        from daqkd.export.int8 import export_int8_onnx, fused_ops
-
+            report[key] = share_equal(predictions(onnx_session(out / "student.onnx", fused), loader), reference)
         try:
             int8 = export_int8_onnx(frozen, dm.calibration_batch(512), out / "student_int8.onnx")
         except ExportError as e:
             report["int8"] = {"skipped": str(e)}
         else:
             report["files"]["int8"] = int8["path"]
-            test_acc = lambda preds: float((preds == labels).float().mean())  # noqa: E731
             labels = torch.cat([y for _, y in loader])
             int8_preds = predictions(onnx_session(out / "student_int8.onnx", fused=True), loader)
             report["int8"] = {"quantized_convs": int8["quantized_convs"], "ort_ops": fused_ops(out / "student_int8.onnx"),
-                              "agreement": float((int8_preds == reference).float().mean()),
-                              "test_acc": test_acc(int8_preds), "student_test_acc": test_acc(reference)}
+                              "agreement": share_equal(int8_preds, reference),
+                              "test_acc": share_equal(int8_preds, labels), "student_test_acc": share_equal(reference, labels)}
     if bench and onnx:  # only the forms this export wrote (main refuses --bench with --no-onnx)
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
         report["files"]["teacher_onnx"] = str(out / "teacher_fp.onnx")

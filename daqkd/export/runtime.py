@@ -2,7 +2,6 @@
 batch-1 latency / batch-64 throughput."""
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -10,10 +9,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from daqkd.torchutil import usable_cores
+
 
 def onnx_session_threads() -> int:
     """ONNX Runtime's intra-op threads in every session here: the cores this process may use, at most 4."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return min(4, usable_cores())
 
 
 def onnx_session(path: str | Path, fused: bool = False):
