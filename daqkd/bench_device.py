@@ -30,7 +30,7 @@ import torch
 
 from daqkd import build
 from daqkd.augment.registry import PAPER_POOL
-from daqkd.bench import compose_cfg
+from daqkd.bench.core import compose_cfg
 from daqkd.quant import calibrate
 
 

@@ -7,8 +7,9 @@ statistics are set on random images so that folding is realistic) and students c
 W4A4 and W2A2 (EWGS), it measures batch-1 latency, batch-64 throughput and file sizes of: the FP teacher,
 the exact form (student.onnx, QDQ computed in float), and the integer-kernel form
 (student_int8.onnx, QLinearConv/QLinearAdd); and the weight files (student_int.pt, the packed npz).
-Ratios to the teacher are measured in the same process and session settings (the teacher first, then
-each student; ONNX Runtime's threads as ``onnx_session`` sets them, recorded).
+Ratios to the teacher are measured in the same process and session settings, every form of a model
+timed in turns (``compare_bench``: a spell of load falls on all alike; ONNX Runtime's threads as
+``onnx_session`` sets them, recorded).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from daqkd.export import export_int8_onnx, export_onnx, freeze, fused_ops, onnx_bench, save_weights
-from daqkd.export.runtime import onnx_session_threads
+from daqkd.export import export_int8_onnx, export_onnx, freeze, fused_ops, save_weights
+from daqkd.export.runtime import compare_bench, onnx_session_threads
 from daqkd.io import atomic_write_json
 from daqkd.models import create_model
 from daqkd.quant import EWGSQuantizer, calibrate, quantize_model
@@ -45,7 +46,7 @@ def teacher_of(name: str, size: int, channels: int) -> torch.nn.Module:
 def measure(quick: bool) -> dict:
     import functools
 
-    repeats = 5 if quick else 30
+    rounds = 2 if quick else 12
     ewgs = functools.partial(EWGSQuantizer, delta_mode="fixed")
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,25 +56,33 @@ def measure(quick: bool) -> dict:
             teacher = teacher_of(name, size, channels)
             calib = torch.randn(CALIBRATION, *shape)
             export_onnx(teacher, tmp / "fp.onnx", shape)
-            fp = onnx_bench(tmp / "fp.onnx", shape, repeats)
-            entry = {"teacher_fp": fp, "teacher_fp32_weight_bytes": sum(p.numel() * 4 for p in teacher.parameters())}
+            entry = {"teacher_fp32_weight_bytes": sum(p.numel() * 4 for p in teacher.parameters())}
+            forms, files = {"teacher_fp": (tmp / "fp.onnx", False)}, {}
             for bits in (8, 4, 2):
                 student = quantize_model(copy.deepcopy(teacher), ewgs, ewgs, bits, bits, "fp", True)
                 calibrate(student, calib)
                 frozen, _ = freeze(student.eval())
-                export_onnx(frozen, tmp / "exact.onnx", shape)
-                int8 = export_int8_onnx(frozen, calib, tmp / "int8.onnx")
-                torch.save(frozen, tmp / "frozen.pt")
-                save_weights(frozen, tmp / "w.npz")
-                exact, fast = onnx_bench(tmp / "exact.onnx", shape, repeats), onnx_bench(tmp / "int8.onnx", shape, repeats, fused=True)
+                exact, fast = tmp / f"exact{bits}.onnx", tmp / f"int8_{bits}.onnx"
+                export_onnx(frozen, exact, shape)
+                int8 = export_int8_onnx(frozen, calib, fast)
+                torch.save(frozen, tmp / f"frozen{bits}.pt")
+                save_weights(frozen, tmp / f"w{bits}.npz")
+                forms[f"W{bits}A{bits} exact"], forms[f"W{bits}A{bits} int8"] = (exact, False), (fast, True)
+                files[bits] = {"int8_ops": fused_ops(fast), "quantized_convs": int8["quantized_convs"],
+                               "bytes": {"student_int.pt": (tmp / f"frozen{bits}.pt").stat().st_size,
+                                         "student_weights.npz": (tmp / f"w{bits}.npz").stat().st_size,
+                                         "student.onnx": exact.stat().st_size, "student_int8.onnx": fast.stat().st_size}}
+            timed = compare_bench(forms, shape, rounds)  # every form in turns, so the ratios share the machine's spells
+            fp = entry["teacher_fp"] = timed["teacher_fp"]
+            for bits in (8, 4, 2):
+                exact, fast = timed[f"W{bits}A{bits} exact"], timed[f"W{bits}A{bits} int8"]
                 entry[f"W{bits}A{bits}"] = {
-                    "exact": exact, "int8": fast, "int8_ops": fused_ops(tmp / "int8.onnx"), "quantized_convs": int8["quantized_convs"],
+                    "exact": exact, "int8": fast, "int8_ops": files[bits]["int8_ops"], "quantized_convs": files[bits]["quantized_convs"],
                     "throughput_vs_teacher": {"exact": exact["throughput_b64_img_s"] / fp["throughput_b64_img_s"],
                                               "int8": fast["throughput_b64_img_s"] / fp["throughput_b64_img_s"]},
                     "latency_vs_teacher": {"exact": exact["latency_b1_ms"] / fp["latency_b1_ms"],
                                            "int8": fast["latency_b1_ms"] / fp["latency_b1_ms"]},
-                    "bytes": {"student_int.pt": (tmp / "frozen.pt").stat().st_size, "student_weights.npz": (tmp / "w.npz").stat().st_size,
-                              "student.onnx": (tmp / "exact.onnx").stat().st_size, "student_int8.onnx": (tmp / "int8.onnx").stat().st_size},
+                    "bytes": files[bits]["bytes"],
                 }
             out[f"{name}@{size}"] = entry
     return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,10 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from daqkd import schema
 from daqkd.augment import build_augmentation
 from daqkd.augment.registry import PAPER_POOL, REFERENCE_POOL
 from daqkd.errors import ConfigError, check_keys
-from daqkd.metric.scoring import SELECTORS
-from daqkd.metric.select import TIES
-from daqkd.quant import check_bits, check_first_last
 from daqkd.registry import AUGMENTS, list_augments, list_models
 
 
@@ -124,76 +121,6 @@ def check_target_blocks(cfg: DictConfig) -> None:
         check_keys(given, target, path)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _at_least(n):
-    return lambda v: _is_int(v) and v >= n
-
-
-def _fraction_or_count(v) -> bool:
-    return (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1)
-
-
-def _batches(v) -> bool:
-    return v is None or (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
-
-
-# Every number a user sets: (key, test, what is allowed, an example). Absent keys are skipped.
-NUMBERS: list[tuple[str, Callable[[Any], bool], str, str]] = [
-    ("seed", _is_int, "an integer", "seed=0"),
-    ("dataset.num_classes", _at_least(2), "an integer ≥ 2", "dataset.num_classes=10"),
-    ("dataset.in_channels", lambda v: v in (1, 3), "1 or 3", "dataset.in_channels=3"),
-    ("dataset.image_size", _at_least(8), "an integer ≥ 8", "dataset.image_size=32"),
-    ("dataset.datamodule.batch_size", _at_least(1), "an integer ≥ 1", "dataset.datamodule.batch_size=128"),
-    ("teacher.batch_size", _at_least(2), "an integer ≥ 2", "teacher.batch_size=128"),
-    ("dataset.datamodule.eval_batch_size", _at_least(1), "an integer ≥ 1", "dataset.datamodule.eval_batch_size=500"),
-    ("dataset.datamodule.num_workers", _at_least(0), "an integer ≥ 0", "dataset.datamodule.num_workers=2"),
-    ("dataset.datamodule.padding", _at_least(0), "an integer ≥ 0", "dataset.datamodule.padding=4"),
-    ("dataset.datamodule.val_size", _fraction_or_count, "an image count ≥ 1 or a fraction in (0, 1)",
-     "dataset.datamodule.val_size=0.1"),
-    ("dataset.datamodule.train_subset", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1",
-     "dataset.datamodule.train_subset=5000"),
-    ("dataset.datamodule.test_subset", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1",
-     "dataset.datamodule.test_subset=1000"),
-    ("teacher.max_epochs", _at_least(1), "an integer ≥ 1", "teacher.max_epochs=4"),
-    ("teacher.lr", lambda v: _is_num(v) and v > 0, "a number > 0", "teacher.lr=0.1"),
-    ("teacher.momentum", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)", "teacher.momentum=0.9"),
-    ("teacher.weight_decay", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "teacher.weight_decay=5e-4"),
-    ("teacher.limit_train_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "teacher.limit_train_batches=0.5"),
-    ("optim.optimizer.lr", lambda v: _is_num(v) and v > 0, "a number > 0", "optim.optimizer.lr=1e-3"),
-    ("optim.optimizer.weight_decay", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "optim.optimizer.weight_decay=1e-4"),
-    ("optim.quant_lr", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "optim.quant_lr=1e-5"),
-    ("trainer.max_epochs", _at_least(1), "an integer ≥ 1", "trainer.max_epochs=2"),
-    ("trainer.limit_train_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_train_batches=0.5"),
-    ("trainer.limit_val_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_val_batches=10"),
-    ("trainer.limit_test_batches", _batches, "null, a batch count ≥ 1 or a fraction in (0, 1]", "trainer.limit_test_batches=10"),
-    ("metric.batch_size", _at_least(1), "an integer ≥ 1", "metric.batch_size=500"),
-    ("metric.num_samples", lambda v: v is None or _is_int(v), "null or an integer", "metric.num_samples=2000"),
-    ("metric.long_epochs", lambda v: v is None or _at_least(1)(v), "null or an integer ≥ 1", "metric.long_epochs=40"),
-    ("metric.tie_z", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "metric.tie_z=1.0"),
-    ("metric.chunk", lambda v: v is None or _at_least(10)(v), "null or an integer ≥ 10", "metric.chunk=250"),
-    ("metric.stop_z", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "metric.stop_z=3.0"),
-    ("speed.compile_payback", lambda v: _is_num(v) and v > 0, "a number > 0", "speed.compile_payback=20"),
-    ("quantizer.calibration_size", _at_least(1), "an integer ≥ 1", "quantizer.calibration_size=256"),
-    ("quantizer.weight.delta", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "quantizer.weight.delta=1e-3"),
-    ("quantizer.callback.num_batches", _at_least(1), "an integer ≥ 1", "quantizer.callback.num_batches=3"),
-    ("quantizer.callback.probes", _at_least(1), "an integer ≥ 1", "quantizer.callback.probes=2"),
-    ("quantizer.callback.every_n_epochs", _at_least(1), "an integer ≥ 1", "quantizer.callback.every_n_epochs=10"),
-    ("quantizer.callback.max_time_fraction", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]",
-     "quantizer.callback.max_time_fraction=0.05"),
-    ("kd.gamma", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "kd.gamma=1.0"),
-    ("kd.alpha", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "kd.alpha=2.0"),
-    ("kd.beta", lambda v: _is_num(v) and v >= 0, "a number ≥ 0", "kd.beta=0"),
-    ("kd.temperature", lambda v: _is_num(v) and v > 0, "a number > 0", "kd.temperature=4.0"),
-]
-
-
 def check_augmentation(key: str, name: str, num_classes: int, params) -> None:
     """A ConfigError naming ``key`` unless ``name`` (``a`` or ``a+b``) is a DA of the registry with valid parameters."""
     try:
@@ -204,19 +131,6 @@ def check_augmentation(key: str, name: str, num_classes: int, params) -> None:
             raise ConfigError(f"{key}: {unknown[0]!r} is not a DA; choose from {', '.join(list_augments())} "
                               "(combine a per-image DA with cutmix or mixup as a+cutmix)") from e
         raise ConfigError(f"{key}={name}: {e}") from e
-
-
-def check_numbers(cfg: DictConfig) -> None:
-    compile_ = OmegaConf.select(cfg, "speed.compile", default=False)
-    if compile_ not in (True, False, "auto"):
-        raise ConfigError(f"speed.compile={compile_!r} is not allowed: expected true, false or auto, e.g. speed.compile=auto")
-    threads = OmegaConf.select(cfg, "speed.threads", default="auto")
-    if threads != "auto" and not (_is_int(threads) and threads >= 1):
-        raise ConfigError(f"speed.threads={threads!r} is not allowed: expected auto or an integer ≥ 1, e.g. speed.threads=2")
-    for key, ok, what, example in NUMBERS:
-        value = OmegaConf.select(cfg, key, default="__absent__")
-        if value != "__absent__" and not ok(value):
-            raise ConfigError(f"{key}={value!r} is not allowed: expected {what}, e.g. {example}")
 
 
 # Examples for the mandatory keys (``???``) a config group leaves to the user.
@@ -333,15 +247,10 @@ def check_writable(folder: Path, key: str) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the key, the value and what is allowed."""
+    """The one owner of config checks: raise ConfigError naming the key, the value and what is allowed.
+    Single keys are checked against their declarations (``daqkd.schema``); the rules below relate keys."""
     check_mandatory(cfg)
-    check_numbers(cfg)
-    try:
-        check_bits(cfg.bits.w, "bits.w")
-        check_bits(cfg.bits.a, "bits.a")
-        check_first_last(cfg.quantizer.first_last)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    schema.check(cfg)  # every key against its declaration (type, allowed values): daqkd/schema.py
     names = [("augment.pool", str(n)) for n in cfg.augment.pool or []]
     if cfg.augment.name != "auto":
         names.append(("augment.name", str(cfg.augment.name)))
@@ -357,9 +266,6 @@ def validate_config(cfg: DictConfig) -> None:
             "needs samples for its prototype. Use at least 10 per class, e.g. metric.num_samples=2000, or null for the whole training split."
         )
     m = cfg.metric
-    for key, allowed in (("selector", ["auto", *SELECTORS]), ("short", list(SELECTORS)), ("long", list(SELECTORS)), ("tie", list(TIES))):
-        if m.get(key) not in allowed:
-            raise ConfigError(f"metric.{key}={m.get(key)} is not allowed; choose one of {', '.join(allowed)}, e.g. metric.{key}={allowed[0]}")
     full_precision = cfg.quantizer.get("weight") is None and cfg.quantizer.get("activation") is None
     used = {m.selector} if m.selector != "auto" else {m.short, m.long}
     if "student_m" in used and full_precision:

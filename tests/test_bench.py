@@ -1,5 +1,5 @@
 """`make bench` runs end to end and writes every figure it promises, each with its limit, ratio and
-target (no timing assertions here: speed targets live in the benchmark, not in tests) (daqkd/bench.py)."""
+target (no timing assertions here: speed targets live in the benchmark, not in tests) (daqkd/bench/)."""
 import json
 
 import pytest
@@ -58,3 +58,16 @@ def test_export_bench_measures_every_form(tmp_path, monkeypatch, capsys):
     # 2-bit weights pack four to a byte: the npz is smaller than at 8 bits
     assert entry["W2A2"]["bytes"]["student_weights.npz"] < entry["W8A8"]["bytes"]["student_weights.npz"]
     assert "| resnet20@8 | W2A2 int8 |" in capsys.readouterr().out
+
+
+def test_a_figure_checks_only_the_targets_it_declares():
+    from daqkd.bench import figures
+    from daqkd.bench.core import Setup
+
+    setup = object.__new__(Setup)  # the rows only: no data or teacher needed
+    setup.rows, setup.figure = [], next(f for f in figures() if f.key == "pipeline")
+    setup.check("data pipeline, minimal", 300.0, 100.0, 3.0, "pipeline_vs_step", "img/s")
+    setup.check("data pipeline, augmix", 150.0, 100.0, 1.5, "pipeline_vs_step", "img/s")
+    assert [(r["target"], r["met"]) for r in setup.rows] == [("≥ 2", True), ("≥ 2", False)]
+    with pytest.raises(KeyError, match="without declaring"):
+        setup.check("training with one busy process", 1.0, 1.0, 1.0, "busy_machine")

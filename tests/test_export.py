@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -442,3 +443,46 @@ def test_export_command_refuses_what_it_cannot_do(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main([str(tmp_path), *argv])
         assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,bits,shift", [("ewgs", 2, 5), ("ewgs", 4, 3), ("lsq", 4, 3), ("pact", 4, 3)])
+def test_the_int8_form_scales_low_bit_weights_exactly(quantizer_factories, tmp_path, name, bits, shift):
+    """Below 8 bits the int8 form stores each layer's integers times the largest power of two that
+    fits int8 and keeps every pair of u8×s8 products within int16 (exact on CPUs without VNNI), and
+    divides the scale by it: the weights' values are unchanged, and the int32 bias's unit
+    (x_scale·w_scale) is that much finer, so the rounded bias lies closer to the float one."""
+    import onnx
+    from onnx import numpy_helper
+
+    from daqkd.export.int8 import Int8Exporter, export_int8_onnx, headroom
+    from daqkd.models import create_model
+    from daqkd.quant.convert import FrozenLayer
+
+    assert headroom(3, 3) == 5 and headroom(15, 15) == 3 and headroom(8, 15) == 3 and headroom(127, 255) == 0
+    assert headroom(15, 255) == 2 and headroom(0, 255) == 0  # int8 allows ×8, int16 pairs only ×4 (2·255·120 > 32767)
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 28, 28)
+    frozen, _ = freeze(student_of(create_model("resnet20", 10, 1).eval(), quantizer_factories[name], bits, x))
+    layers = [m for m in frozen.modules() if isinstance(m, FrozenLayer)]
+    exporter = Int8Exporter(frozen, x)
+    for layer in layers:
+        j, scale = exporter.weights(layer)
+        w = torch.from_numpy(j.astype(np.float64)) * torch.from_numpy(scale.astype(np.float64)).view(-1, 1, 1, 1)
+        assert torch.equal(w.float(), layer.weight().float()) or torch.allclose(w, layer.weight().double(), rtol=1e-6, atol=0)
+        top = int(np.abs(j.astype(np.int32)).max())
+        assert top <= 127 and 2 * layer.act.qmax * top <= 32767
+        assert np.all(j.astype(np.int32) % 2**shift == 0)  # the trained integers times 2^shift (or more, for a layer with smaller ones)
+    path = export_int8_onnx(frozen, x, tmp_path / "m.onnx")["path"]
+    ints = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(ints) == len(layers) and max(int(np.abs(a.astype(np.int32)).max()) for a in ints) <= 127
+
+
+def test_the_ort_bias_rounding_reproduction_runs(capsys):
+    """scripts/ort_bias_rounding.py (the README's reproduction of ONNX Runtime rounding a QDQ conv's
+    float bias): its hand computation is the graph's own semantics, since ORT with its QDQ
+    optimizations off matches it on every output; what the optimized session does is printed."""
+    import runpy
+
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ort_bias_rounding.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "optimizations off vs by hand: 0 of 256 outputs differ" in out and "optimizations on  vs by hand:" in out

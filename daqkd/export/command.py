@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from daqkd.errors import CheckpointError, ExportError, reported_as_one_line
 from daqkd.export.int8 import export_int8_onnx, fused_ops
 from daqkd.export.qdq import export_onnx
-from daqkd.export.runtime import onnx_bench, onnx_session, predictions
+from daqkd.export.runtime import compare_bench, onnx_session, predictions
 from daqkd.export.weights import save_weights
 from daqkd.io import atomic_torch_save, atomic_write_json, read_checkpoint
 from daqkd.quant.convert import freeze
@@ -138,11 +138,11 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
     if bench and onnx:  # only the forms this export wrote (main refuses --bench with --no-onnx)
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
         report["files"]["teacher_onnx"] = str(out / "teacher_fp.onnx")
-        report["bench"] = {"teacher_fp": onnx_bench(out / "teacher_fp.onnx", shape),
-                           "student": onnx_bench(out / "student.onnx", shape),
-                           "student_fused": onnx_bench(out / "student.onnx", shape, fused=True)}
+        forms = {"teacher_fp": (out / "teacher_fp.onnx", False), "student": (out / "student.onnx", False),
+                 "student_fused": (out / "student.onnx", True)}
         if "int8" in report["files"]:
-            report["bench"]["student_int8"] = onnx_bench(out / "student_int8.onnx", shape, fused=True)
+            forms["student_int8"] = (out / "student_int8.onnx", True)
+        report["bench"] = compare_bench(forms, shape)
     fp_bytes = sum(p.numel() * 4 for p in teacher.parameters())
     report["bytes"] = {"teacher_fp32_weights": fp_bytes, **{k: Path(v).stat().st_size for k, v in report["files"].items()}}
     atomic_write_json(out / "export.json", report)

@@ -18,10 +18,12 @@ def onnx_session_threads() -> int:
 
 
 def onnx_session(path: str | Path, fused: bool = False):
-    """An ONNX Runtime CPU session. ``fused=False`` turns off ORT's QDQ fusion (integer kernels), so
-    Q/DQ run as written; with it on (ORT's default), the fused kernels of onnxruntime 1.32 disagreed
-    with the graph's own semantics (91 % top-1 agreement for a W2A2 LSQ ResNet-20), so agreement is
-    reported both ways."""
+    """An ONNX Runtime CPU session. ``fused=False`` turns off ORT's QDQ optimizations, so Q/DQ run as
+    written; with them on (ORT's default) it computes something else for a QDQ conv with integer zero
+    points (LSQ's layers in student.onnx): it rounds the conv's float bias to int32 in units of
+    x_scale·w_scale before running it, even in float (scripts/ort_bias_rounding.py reproduces it on
+    one conv). A W2A2 LSQ ResNet-20 agreed on 91 % of images that way, so agreement is reported both
+    ways."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -48,21 +50,36 @@ def predictions(model_or_session, loader) -> torch.Tensor:
 
 
 def onnx_bench(path: str | Path, image_shape: tuple[int, int, int], repeats: int = 50, fused: bool = False) -> dict:
-    """Batch-1 latency (median ms) and batch-64 throughput (images/s) in ONNX Runtime on the CPU."""
+    """Batch-1 latency (median ms) and batch-64 throughput (64 images over the median batch time) in
+    ONNX Runtime on the CPU, for one file (``compare_bench`` for several, interleaved)."""
+    return compare_bench({"model": (path, fused)}, image_shape, max(2, repeats // 5))["model"]
+
+
+def compare_bench(forms: dict[str, tuple[str | Path, bool]], image_shape: tuple[int, int, int], rounds: int = 5) -> dict:
+    """Batch-1 latency and batch-64 throughput of several ONNX files ({name: (path, fused)}), measured
+    in turns: each round times every file (5 batch-1 calls, 2 batch-64 calls), and each figure is the
+    median over the rounds. A spell of load on a shared machine then falls on every file alike, so the
+    ratios between them hold better than when each is timed in one block."""
     import numpy as np
 
-    session = onnx_session(path, fused)
     one, many = np.random.rand(1, *image_shape).astype("float32"), np.random.rand(64, *image_shape).astype("float32")
-    for _ in range(5):
-        session.run(None, {"image": one})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, {"image": one})
-        times.append(time.perf_counter() - t)
-    session.run(None, {"image": many})
-    start, n = time.perf_counter(), max(3, repeats // 5)
-    for _ in range(n):
+    sessions = {name: onnx_session(path, fused) for name, (path, fused) in forms.items()}
+    single: dict[str, list[float]] = {name: [] for name in forms}
+    batch: dict[str, list[float]] = {name: [] for name in forms}
+    for session in sessions.values():  # warm-up: first-call allocations and ORT's thread pool
+        for _ in range(3):
+            session.run(None, {"image": one})
         session.run(None, {"image": many})
-    return {"latency_b1_ms": 1000 * statistics.median(times), "throughput_b64_img_s": 64 * n / (time.perf_counter() - start),
-            "size_mb": Path(path).stat().st_size / 2**20}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            time.sleep(0.05)  # the previous session's idle threads stop spinning (ORT's default) before this one runs
+            for _ in range(5):
+                t = time.perf_counter()
+                session.run(None, {"image": one})
+                single[name].append(time.perf_counter() - t)
+            for _ in range(2):
+                t = time.perf_counter()
+                session.run(None, {"image": many})
+                batch[name].append(time.perf_counter() - t)
+    return {name: {"latency_b1_ms": 1000 * statistics.median(single[name]), "throughput_b64_img_s": 64 / statistics.median(batch[name]),
+                   "size_mb": Path(path).stat().st_size / 2**20} for name, (path, _) in forms.items()}

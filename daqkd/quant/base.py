@@ -242,7 +242,8 @@ def check_bits(bits: int, what: str) -> int:
 def check_first_last(policy: str) -> str:
     """The one check of the first/last-layer policy."""
     if policy not in FIRST_LAST_POLICIES:
-        raise ValueError(f"quantizer.first_last={policy!r} is not a policy; expected one of {', '.join(FIRST_LAST_POLICIES)}")
+        raise ValueError(f"quantizer.first_last={policy!r} is not a policy; expected one of {', '.join(FIRST_LAST_POLICIES)}, "
+                         f"e.g. quantizer.first_last={FIRST_LAST_POLICIES[0]}")
     return policy
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from daqkd.bench.command import main
+
+sys.exit(main())
