@@ -275,6 +275,13 @@ def validate_config(cfg: DictConfig) -> None:
     if m.get("chunk") is not None and m.chunk % m.batch_size:
         raise ConfigError(f"metric.chunk={m.chunk} is not a multiple of metric.batch_size={m.batch_size}: scoring in rounds must batch "
                           "the images as scoring them at once does (CutMix mixes within a batch); e.g. metric.batch_size=250 metric.chunk=250")
+    dm = cfg.dataset.datamodule
+    for key in ("mean", "std"):
+        values = dm.get(key)
+        if isinstance(values, ListConfig) and len(values) != cfg.dataset.in_channels:
+            raise ConfigError(f"dataset.in_channels={cfg.dataset.in_channels} does not match dataset.datamodule.{key}, which has "
+                              f"{len(values)} value(s); e.g. dataset.in_channels={len(values)} (or give dataset.datamodule.mean and std "
+                              f"{cfg.dataset.in_channels} values each)")
     if cfg.dataset.datamodule.batch_size < 2:
         raise ConfigError(f"dataset.datamodule.batch_size={cfg.dataset.datamodule.batch_size} is too small: training needs at least 2 "
                           "images a step (BatchNorm statistics, EWGS's gradient spread, contrastive KD); e.g. dataset.datamodule.batch_size=64")

@@ -1,5 +1,8 @@
 """The keys a user sets, as typed dataclasses: one per structured config block, each key declared
-once with its type (the annotation) and its allowed values (``allowed``). ``check(cfg)`` holds a
+once with its type (the annotation) and its allowed values (``allowed``). Checked elsewhere, by what
+they name: the parameters of a ``_target_`` block beyond these (against the target's signature,
+``config.check_target_blocks``), DA names (the DA registry), ``ckpt_path`` (the file), and lists of
+layer names (``kd.*_layers``, by the model's taps). ``check(cfg)`` holds a
 composed config to them, and ``daqkd.config.validate_config``, the one owner of config checks, calls
 it before the rules that relate several keys. A new key is declared here, next to the block it
 belongs to; its default stays in its YAML file (a test checks that every key declared here exists in
@@ -78,7 +81,7 @@ class Top:
 @dataclass
 class Dataset:
     num_classes: int = allowed(10, ge=2)
-    in_channels: Literal[1, 3] = allowed(3)
+    in_channels: Literal[1, 3] = allowed(1)
     image_size: int = allowed(32, ge=8)
 
 
@@ -91,6 +94,10 @@ class DataModule:
     val_size: float = allowed(0.1, test=_count_or_fraction, what="an image count ≥ 1 or a fraction in (0, 1)")
     train_subset: int | None = allowed(5000, ge=1)
     test_subset: int | None = allowed(1000, ge=1)
+    flip: bool = allowed("true")
+    seed: int = allowed(0)
+    split_seed: int = allowed(0)
+    download: bool = allowed("false")
 
 
 @dataclass
@@ -101,6 +108,9 @@ class Teacher:
     momentum: float = allowed(0.9, ge=0, lt=1)
     weight_decay: float = allowed("5e-4", ge=0)
     limit_train_batches: float | None = allowed(0.5, test=_batches, what=BATCHES)
+    nesterov: bool = allowed("true")
+    retrain: bool = allowed("true")
+    ckpt: str | None = allowed("/data/teacher.pt")
 
 
 @dataclass
@@ -128,12 +138,15 @@ class Metric:
     short: str = allowed("ce_cmi", choices=_selectors())
     long: str = allowed("m", choices=_selectors())
     tie: str = allowed("milder", choices=_ties)
-    batch_size: int = allowed(500, ge=1)
+    batch_size: int = allowed(250, ge=1)
     num_samples: int | None = allowed(2000)
     long_epochs: int | None = allowed(40, ge=1)
     tie_z: float = allowed(1.0, ge=0)
     chunk: int | None = allowed(250, ge=10)
     stop_z: float = allowed(3.0, ge=0)
+    seed: int = allowed(0)
+    score_student: bool = allowed("false")
+    score_fixed: bool = allowed("false")
 
 
 @dataclass
@@ -141,6 +154,8 @@ class Speed:
     compile: Union[bool, Literal["auto"]] = allowed("auto")
     threads: Union[Literal["auto"], int] = allowed(2, ge=1)
     compile_payback: float = allowed(20, gt=0)
+    channels_last: bool = allowed("true")
+    compile_backend: str = allowed("inductor")
 
 
 @dataclass
@@ -153,6 +168,7 @@ class Bits:
 class Quantizer:
     first_last: str = allowed("fp", check=_first_last)
     calibration_size: int = allowed(256, ge=1)
+    output_scale: bool = allowed("true")
 
 
 @dataclass

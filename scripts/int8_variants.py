@@ -9,7 +9,6 @@ Variants of ``export_int8_onnx``: the residual stream on 8-bit grids (shipped) o
 """
 import copy
 import functools
-import sys
 import tempfile
 from pathlib import Path
 
@@ -75,9 +74,18 @@ def trace(run: str, tmp: Path, images: int = 1000) -> None:
     layers = [m for m in frozen.modules() if isinstance(m, FrozenLayer)]
     hooks = [m.register_forward_hook(hook) for m in layers]
     with torch.no_grad():
-        frozen(x)
+        reference = frozen(x).argmax(1)
     for h in hooks:
         h.remove()
+    # The first folded layer's integers in float64, from the first quantized layer's (exact) input
+    # integers: the conv, its bias and the ReLU, then the next quantizer's rounding.
+    first, second = layers[0], layers[1]
+    a = first.act
+    inputs = a.out_scale * (ints[first].double() - a.out_zero_int) - a.out_scale * a.out_zero_rem
+    y = torch.relu(torch.nn.functional.conv2d(inputs, first.weight().double(), first.bias.double(), first.stride, first.padding))
+    b = second.act
+    exact = torch.clamp(torch.round((y + b.in_scale * b.in_zero_rem) / b.in_scale) + b.in_zero_int, b.qmin, b.qmax)
+    print(f"frozen module against float64, first folded layer: {float((ints[second].double() != exact).double().mean()):.4%} of integers differ")
     original = int8.Int8Exporter.conv
     for scaled in (False, True):
         inputs = {}
@@ -94,10 +102,12 @@ def trace(run: str, tmp: Path, images: int = 1000) -> None:
         model = onnx.load(str(tmp / "m.onnx"))
         model.graph.output.extend(onnx.helper.make_tensor_value_info(inputs[m], onnx.TensorProto.UINT8, None) for m in layers)
         onnx.save(model, str(tmp / "m.onnx"))
-        outs = ort.InferenceSession(str(tmp / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[1:]
+        outs = ort.InferenceSession(str(tmp / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+        logits, outs = outs[0], outs[1:]
         moved = [float((torch.from_numpy(o.astype(np.float32)) != ints[m]).float().mean()) for o, m in zip(outs, layers)]
+        flips = float((torch.from_numpy(logits).argmax(1) != reference).float().mean())
         print(f"weights {'scaled' if scaled else 'unscaled'}: share of input integers that differ, layer by layer: "
-              + " ".join(f"{v:.2%}" for v in moved))
+              + " ".join(f"{v:.2%}" for v in moved) + f"; predictions that differ: {flips:.2%}")
 
 
 def speed(tmp: Path) -> None:
@@ -123,11 +133,22 @@ def speed(tmp: Path) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python scripts/int8_variants.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", help="run folders written by daqkd.run (agreement per variant)")
+    parser.add_argument("--speed", action="store_true", help="throughput of the stream variants on random-weight students")
+    parser.add_argument("--trace", metavar="RUN", help="where the integers part from the frozen module's, layer by layer")
+    args = parser.parse_args()
+    if not (args.runs or args.speed or args.trace):
+        parser.error("give run folders, --speed or --trace RUN")
+    for run in [*args.runs, *([args.trace] if args.trace else [])]:
+        if not (Path(run) / "results.json").is_file():
+            parser.error(f"{run} is not a finished run folder (no results.json); pass one that python -m daqkd.run wrote")
     with tempfile.TemporaryDirectory() as tmp:
-        if sys.argv[1:2] == ["--speed"]:
+        if args.speed:
             speed(Path(tmp))
-        elif sys.argv[1:2] == ["--trace"]:
-            trace(sys.argv[2], Path(tmp))
-        else:
-            for run in sys.argv[1:]:
-                agreement(run, Path(tmp))
+        if args.trace:
+            trace(args.trace, Path(tmp))
+        for run in args.runs:
+            agreement(run, Path(tmp))

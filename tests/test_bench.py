@@ -71,3 +71,13 @@ def test_a_figure_checks_only_the_targets_it_declares():
     assert [(r["target"], r["met"]) for r in setup.rows] == [("≥ 2", True), ("≥ 2", False)]
     with pytest.raises(KeyError, match="without declaring"):
         setup.check("training with one busy process", 1.0, 1.0, 1.0, "busy_machine")
+
+
+def test_a_bad_override_or_flag_is_one_line_before_any_work(capsys):
+    for argv, words in ((["metric.tie_z=-1"], "metric.tie_z=-1 is not allowed: expected a number ≥ 0"),
+                        (["bits=5"], "bits=5 is not an option of bits"),
+                        (["--quik"], "unrecognized arguments: --quik")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--out", "/nonexistent/bench.json", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and len(err.strip().splitlines()) <= 2, err  # argparse adds its usage line

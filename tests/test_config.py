@@ -54,6 +54,7 @@ def test_mixed_bits_and_rejected_bits(make_cfg):
         ("metric.num_samples=5", "below the number of classes"),
         ("quantizer.first_last=int4", "first_last"),
         ("ckpt_path=/nonexistent.ckpt", "does not exist"),
+        ("dataset.in_channels=3", r"dataset.in_channels=3 does not match dataset.datamodule.mean, which has 1 value.*dataset.in_channels=1"),
         ("+augment.params.augmix.nonsense=1", "nonsense"),
         # A key misspelt in a YAML file (here added with +) is named with the keys its target takes.
         ("+kd.method.bank_sise=10", r"kd.method.bank_sise is not a parameter of ContrastiveRepresentation; allowed keys: .*bank_size"),

@@ -443,10 +443,16 @@ def test_export_command_refuses_what_it_cannot_do(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main([str(tmp_path), *argv])
         assert e.value.code == 2 and words in capsys.readouterr().err
+    (tmp_path / "results.json").write_text("{}")  # a run's file that is not a checkpoint: named, nothing deleted
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "results.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is not a checkpoint (.ckpt); pass the run folder" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "results.json").read_text() == "{}"
 
 
 @pytest.mark.parametrize("name,bits,shift", [("ewgs", 2, 5), ("ewgs", 4, 3), ("lsq", 4, 3), ("pact", 4, 3)])
-def test_the_int8_form_scales_low_bit_weights_exactly(quantizer_factories, tmp_path, name, bits, shift):
+def test_the_int8_form_scales_low_bit_weights_exactly(quantizer_factories, tmp_path, monkeypatch, name, bits, shift):
     """Below 8 bits the int8 form stores each layer's integers times the largest power of two that
     fits int8 and keeps every pair of u8×s8 products within int16 (exact on CPUs without VNNI), and
     divides the scale by it: the weights' values are unchanged, and the int32 bias's unit
@@ -454,6 +460,7 @@ def test_the_int8_form_scales_low_bit_weights_exactly(quantizer_factories, tmp_p
     import onnx
     from onnx import numpy_helper
 
+    from daqkd.export import int8
     from daqkd.export.int8 import Int8Exporter, export_int8_onnx, headroom
     from daqkd.models import create_model
     from daqkd.quant.convert import FrozenLayer
@@ -465,13 +472,17 @@ def test_the_int8_form_scales_low_bit_weights_exactly(quantizer_factories, tmp_p
     frozen, _ = freeze(student_of(create_model("resnet20", 10, 1).eval(), quantizer_factories[name], bits, x))
     layers = [m for m in frozen.modules() if isinstance(m, FrozenLayer)]
     exporter = Int8Exporter(frozen, x)
-    for layer in layers:
-        j, scale = exporter.weights(layer)
-        w = torch.from_numpy(j.astype(np.float64)) * torch.from_numpy(scale.astype(np.float64)).view(-1, 1, 1, 1)
-        assert torch.equal(w.float(), layer.weight().float()) or torch.allclose(w, layer.weight().double(), rtol=1e-6, atol=0)
+    scaled = [exporter.weights(layer) for layer in layers]
+    monkeypatch.setattr(int8, "headroom", lambda *_: 0)
+    plain = [exporter.weights(layer) for layer in layers]
+    monkeypatch.undo()
+    for layer, (j, scale), (j0, scale0) in zip(layers, scaled, plain):
+        k = int(np.log2(int(np.abs(j.astype(np.int32)).max()) // max(1, int(np.abs(j0.astype(np.int32)).max()))))
+        assert k >= shift and headroom(int(np.abs(j0.astype(np.int32)).max()), layer.act.qmax) == k
+        assert np.array_equal(j.astype(np.int32), j0.astype(np.int32) * 2**k)  # the same integers times 2^k
+        assert np.array_equal(scale * np.float32(2**k), scale0)  # the scale divided by 2^k, exactly: the same weights
         top = int(np.abs(j.astype(np.int32)).max())
         assert top <= 127 and 2 * layer.act.qmax * top <= 32767
-        assert np.all(j.astype(np.int32) % 2**shift == 0)  # the trained integers times 2^shift (or more, for a layer with smaller ones)
     path = export_int8_onnx(frozen, x, tmp_path / "m.onnx")["path"]
     ints = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert len(ints) == len(layers) and max(int(np.abs(a.astype(np.int32)).max()) for a in ints) <= 127

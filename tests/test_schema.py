@@ -22,7 +22,7 @@ def base(session_cfg):
 
 def _outside(tp, meta):
     """Values a declaration forbids: the wrong type, and the first value past each bound."""
-    out = ["nope"]
+    out = ["nope"] if not schema._fits("nope", tp, meta) else [3]  # a string, or for a string key a number
     for bound, past in (("ge", -1), ("gt", 0), ("le", 0.5), ("lt", 0)):
         if meta[bound] is not None:
             out.append(meta[bound] + past)

@@ -11,7 +11,9 @@ import torch
 
 import daqkd.bench.scoring  # noqa: F401 (registers its figures)
 import daqkd.bench.training  # noqa: F401
-from daqkd.bench.core import FIGURES, Figure, Setup
+from daqkd.bench.core import FIGURES, Figure, Setup, compose_cfg
+from daqkd.config import check_command_line, validate_config
+from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
 
 
@@ -21,13 +23,21 @@ def figures() -> list[Figure]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m daqkd.bench", description="daqkd speed figures, as ratios to limits")
+    ap = argparse.ArgumentParser(prog="python -m daqkd.bench", description="daqkd speed figures, as ratios to limits",
+                                 epilog="Any other argument is a config override (key=value) of the configuration measured, "
+                                        "e.g. python -m daqkd.bench --quick quantizer=lsq bits=4")
     ap.add_argument("--out", default="bench/bench.json")
     ap.add_argument("--quick", action="store_true", help="few repeats, small sizes, the configured quantizer and KD only (a smoke run)")
     ap.add_argument("--run", default=None, help="a run's results.json, for the default run's peak memory and stage times")
     args, overrides = ap.parse_known_args(argv)
+    unknown = [a for a in overrides if a.startswith("-")]
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like key=value)")
     start = time.perf_counter()
-    bench = Setup(overrides, args.quick, args.run)
+    with reported_as_one_line():
+        check_command_line(overrides)  # a bad override is one line, as for python -m daqkd.run
+        validate_config(compose_cfg(overrides))
+        bench = Setup(overrides, args.quick, args.run)
     result = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine()},

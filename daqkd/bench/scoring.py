@@ -60,8 +60,6 @@ def scoring(bench: Setup) -> dict:
             "ranking": [s.name for s in sorted(scores, key=lambda s: s.m)]}
 
 
-
-
 @figure("scoring.bootstrap", order=4)
 def bootstrap(bench: Setup) -> dict:
     """The scorer's bootstrap standard errors at many classes (Tiny-ImageNet: 200): hard labels go
@@ -78,8 +76,6 @@ def bootstrap(bench: Setup) -> dict:
     bench.row(f"DA metric bootstrap, {c} classes × {n} images, hard labels vs general", times["hard"], times["general"],
              speedup, "faster", speedup > 1, "s")
     return {"classes": c, "images": n, "hard_seconds": times["hard"], "general_seconds": times["general"], "speedup": speedup}
-
-
 
 
 @figure("pipeline", order=6, pipeline_vs_step=("≥", 2.0))
@@ -106,8 +102,6 @@ def pipeline(bench: Setup) -> dict:
     return out
 
 
-
-
 @figure("adaptive_scoring", order=8, rounds_share_of_fit=("≤", 0.10))
 def adaptive_scoring(bench: Setup) -> dict:
     """augment=auto's scoring in rounds against scoring every image: the seconds (and their share
@@ -125,7 +119,7 @@ def adaptive_scoring(bench: Setup) -> dict:
     same = total = 0
     seconds = {"full": 0.0, "rounds": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
-        datasets = [("fashion_mnist", bench.dm, bench.teacher)] + ([] if bench.quick else test_datasets(bench, Path(tmp)))
+        datasets = [("fashion_mnist", bench.dm, bench.teacher)] + ([] if bench.quick else synthetic_datasets(bench, Path(tmp)))
         for data, dm, teacher in datasets:
             for pool in ("paper",) if bench.quick else ("paper", "reference16"):
                 names = list(compose_cfg([*bench.overrides, f"pool={pool}"]).augment.pool)
@@ -159,9 +153,7 @@ def adaptive_scoring(bench: Setup) -> dict:
     return out
 
 
-
-
-def test_datasets(bench: Setup, root: Path) -> list:
+def synthetic_datasets(bench: Setup, root: Path) -> list:
     """Small CIFAR-10-format and ImageFolder sets of random images, each with a random teacher."""
     from PIL import Image
 

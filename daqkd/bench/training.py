@@ -59,8 +59,6 @@ def step_seconds(bench: Setup, overrides: list[str]) -> tuple[float, float]:
     return statistics.median(q), statistics.median(f)
 
 
-
-
 @figure("qat_step", order=1,
         qat_step_ewgs_kd=("≥", 0.90),  # the QAT+KD step against one FP step plus a teacher forward
         qat_step_quantizer=("≥", 0.85), qat_step_kd_method=("≥", 0.80))
@@ -82,8 +80,6 @@ def qat_steps(bench: Setup) -> dict:
             out[f"{group}={option}"] = {"qat_ms": 1000 * qs, "limit_ms": 1000 * fs, "efficiency": fs / qs}
             bench.check(f"QAT+KD step, {group}={option}", 1000 * qs, 1000 * fs, fs / qs, target, "ms")
     return out
-
-
 
 
 @figure("fused_ewgs", order=2)
@@ -116,8 +112,6 @@ def fused_ewgs(bench: Setup) -> dict:
              times["reference"] / times["fused"], "faster", times["reference"] > times["fused"], "ms")
     return {"fused_ms": 1000 * times["fused"], "reference_ms": 1000 * times["reference"],
             "speedup": times["reference"] / times["fused"]}
-
-
 
 
 @figure("ewgs_delta", order=5, delta_share=("≤", 0.05))
@@ -159,8 +153,6 @@ def ewgs_delta(bench: Setup) -> dict:
             "relative_standard_error": rse, "num_batches": cb.num_batches, "probes": cb.probes}
 
 
-
-
 def steps_per_second(bench: Setup, threads: int, seconds: float) -> float:
     """Training steps per second of the configured student with the real loader (the config's
     workers) and ``threads`` torch threads, over ``seconds`` after a warm-up."""
@@ -189,8 +181,6 @@ def steps_per_second(bench: Setup, threads: int, seconds: float) -> float:
         return n / (time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
-
-
 
 
 @figure("contention", order=7, busy_machine=("≥", 0.45))  # loaded against idle training rate: a fair share of 2 cores
@@ -222,8 +212,6 @@ def contention(bench: Setup) -> dict:
             bench.row(f"training with one busy process, {label} ({threads} threads, {workers} workers)", loaded, idle,
                      loaded / idle, "—", None, "steps/s")
     return out
-
-
 
 
 @figure("compiled_step", order=9, compiled_step_ewgs=("≥", 0.90), compiled_step_other=("≥", 0.85))

@@ -33,6 +33,8 @@ def locate_run(target: str | Path) -> tuple[dict, Path]:
     target = Path(target)
     if not target.exists():
         raise CheckpointError(f"{target} does not exist; pass a run folder (with results.json) or a .ckpt inside one")
+    if target.is_file() and target.suffix != ".ckpt":
+        raise CheckpointError(f"{target} is not a checkpoint (.ckpt); pass the run folder, e.g. python -m daqkd.export {target.parent}")
     folder = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints" else target.parent)
     results = folder / "results.json"
     config, run = None, None

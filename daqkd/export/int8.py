@@ -14,9 +14,9 @@ Clip on its uint8 integers between two QLinearConvs:
   rounding boundary move one step, and at low bits such moves cascade through the blocks);
 - weights on a mid-rise grid (EWGS, DoReFa: k − L/2) are written exactly as symmetric int8 by
   doubling the integer grid and halving the scale (2k − L), up to 7 bits; LSQ's signed grid is int8
-  already; below 8 bits the integers are then scaled by the largest power of two that fits
-  (``headroom``: a W4 layer's ×8, a W2 layer's ×32), which leaves the weights exact and makes the
-  int32 bias's unit as fine as it can be;
+  already; the integers are then scaled by the largest power of two that fits (``headroom``: ×8
+  for a W4A4 layer, ×32 for W2A2, less with more activation bits, none for most 8-bit layers), which
+  leaves the weights exact and makes the int32 bias's unit as fine as it can be;
 - the bias: QLinearConv adds it as int32 in units of x_scale·w_scale, so the BatchNorm-folded float
   bias is rounded (by up to half a unit). With the 8-bit residual stream (below) this and the
   stream's own rounding are what separate this form from the student: each moves conv outputs
@@ -239,7 +239,11 @@ class Int8Exporter:
                       axis=0)
         b_scale = (np.float64(x.scale) * w_scale.astype(np.float64)).astype(np.float32)
         bias = layer.bias.double().numpy() + extra_bias
-        b_int = np.round(bias / b_scale).astype(np.int32)
+        b_units = np.round(bias / b_scale)
+        if not np.all(np.abs(b_units) < 2**31):
+            raise ExportError(f"a conv bias of {float(np.abs(bias).max()):.3g} is {float(np.abs(b_units).max()):.3g} units of x_scale·w_scale, "
+                              "more than int32 holds; export the exact form (student.onnx)")
+        b_int = b_units.astype(np.int32)
         b = self.g.op("DequantizeLinear", [self.g.const("b", b_int), self.g.const("bs", b_scale), self.g.const("bz", np.zeros(len(b_int), np.int32))],
                       "dqb", axis=0)
         pads = [int(p) for p in layer.padding] * 2
