@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in parents:
             place = place[p]
         bench.figure = fig
+        t = time.perf_counter()
         place[last] = fig.measure(bench)
+        result.setdefault("figure_seconds", {})[fig.key] = time.perf_counter() - t
     if args.run:
         import json
 
