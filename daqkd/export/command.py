@@ -188,14 +188,14 @@ def summary(report: dict) -> str:
     bench = report.get("bench")
     if bench:
         fp = bench["teacher_fp"]
-        lines += ["", "| model (ONNX Runtime, CPU) | file (MiB) | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput |",
+        lines += ["", "| model (ONNX Runtime, CPU) | file (MB) | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput |",
                   "| --- | --- | --- | --- | --- |"]
         names = {"teacher_fp": "FP teacher", "student": "student.onnx (exact)", "student_fused": "student.onnx, QDQ fused",
                  "student_int8": "student_int8.onnx (integer kernels)"}
         for key, name in names.items():
             if key in bench:
                 r = bench[key]
-                lines.append(f"| {name} | {r['size_mb']:.2f} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:,.0f} | "
+                lines.append(f"| {name} | {r['size_mb'] * 2**20 / 1e6:.2f} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:,.0f} | "
                              f"{r['throughput_b64_img_s'] / fp['throughput_b64_img_s']:.2f} |")
     lines.append(f"details: {Path(files['frozen']).parent / 'export.json'}")
     return "\n".join(lines)
