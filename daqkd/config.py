@@ -282,8 +282,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"dataset.in_channels={cfg.dataset.in_channels} does not match dataset.datamodule.{key}, which has "
                               f"{len(values)} value(s); e.g. dataset.in_channels={len(values)} (or give dataset.datamodule.mean and std "
                               f"{cfg.dataset.in_channels} values each)")
-    if cfg.dataset.datamodule.batch_size < 2:
-        raise ConfigError(f"dataset.datamodule.batch_size={cfg.dataset.datamodule.batch_size} is too small: training needs at least 2 "
+    if dm.batch_size < 2:
+        raise ConfigError(f"dataset.datamodule.batch_size={dm.batch_size} is too small: training needs at least 2 "
                           "images a step (BatchNorm statistics, EWGS's gradient spread, contrastive KD); e.g. dataset.datamodule.batch_size=64")
     if cfg.kd.beta > 0 and cfg.kd.get("method") is None:
         raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a KD method, but kd={cfg.kd.name} has none; choose one (kd=at, crd, dkd, ...)")

@@ -1,15 +1,15 @@
 """The keys a user sets, as typed dataclasses: one per structured config block, each key declared
-once with its type (the annotation) and its allowed values (``allowed``). Checked elsewhere, by what
-they name: the parameters of a ``_target_`` block beyond these (against the target's signature,
-``config.check_target_blocks``), DA names (the DA registry), ``ckpt_path`` (the file), and lists of
-layer names (``kd.*_layers``, by the model's taps). ``check(cfg)`` holds a
+once with its type (the annotation) and its allowed values (``allowed``). ``check(cfg)`` holds a
 composed config to them, and ``daqkd.config.validate_config``, the one owner of config checks, calls
 it before the rules that relate several keys. A new key is declared here, next to the block it
 belongs to; its default stays in its YAML file (a test checks that every key declared here exists in
 a composed config).
 
 Registries feed the choices (``metric.selector`` lists the registered selectors), and checks that
-belong to a package stay there (``bits.*`` is ``daqkd.quant.check_bits``).
+belong to a package stay there (``bits.*`` is ``daqkd.quant.check_bits``). Checked elsewhere, by
+what they name: the parameters of a ``_target_`` block beyond these (against the target's
+signature, ``config.check_target_blocks``), DA names (the DA registry), ``ckpt_path`` (the file),
+and lists of layer names (``kd.*_layers``, by the model's taps).
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import torch
 
 import daqkd.bench.scoring  # noqa: F401 (registers its figures)
 import daqkd.bench.training  # noqa: F401
-from daqkd.bench.core import FIGURES, Figure, Setup, compose_cfg
-from daqkd.config import check_command_line, validate_config
+from daqkd.bench.core import FIGURES, Figure, Setup
+from daqkd.config import check_command_line
 from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
 
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with reported_as_one_line():
         check_command_line(overrides)  # a bad override is one line, as for python -m daqkd.run
-        validate_config(compose_cfg(overrides))
-        bench = Setup(overrides, args.quick, args.run)
+        bench = Setup(overrides, args.quick, args.run)  # validates the config it composes
     result = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine()},

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daqkd import build
-from daqkd.config import compose_config
+from daqkd.config import compose_config, validate_config
 from daqkd.provenance import peak_rss_mb
 
 
@@ -74,6 +74,7 @@ class Setup:
         self.overrides, self.quick, self.run = overrides, quick, run
         self.repeat = 1 if quick else 8
         self.cfg = compose_cfg(overrides)
+        validate_config(self.cfg)  # before any work, as python -m daqkd.run does
         self.dm = build.build_datamodule(self.cfg)
         self.dm.setup()
         self.teacher, self.teacher_source = self.load_teacher()
