@@ -1,14 +1,21 @@
-"""``python -m daqkd.budget_grid --out DIR --minutes M [options] [-- overrides]``: the budget grid of
-``experiment=budget_fashion_mnist_da`` run against a wall-clock budget, many jobs at once.
+"""``python -m daqkd.budget_grid --out DIR --minutes M [options] [-- overrides]``: a budget grid
+(``--experiment``, by default ``budget_fashion_mnist_da``) run against a wall-clock budget, one
+process per job, ``--parallel`` jobs at once.
 
-For machines lent for a few minutes (one GPU, many cores; ``make device-grid``): it trains every
-seed's teacher first (one per seed and ``teacher.augment``), then runs the grid one budget at a
-time, cheapest first, every (teacher DA, DA, seed) of a budget in parallel, ``--parallel`` jobs at
-once, each job its own ``python -m daqkd.run`` process. Before a budget starts it predicts how long
-that budget takes from the budgets already run (a per-job overhead plus a per-epoch cost, fitted to
-their wall times) and starts it only if it fits in what is left, so the longest budget run is the
-longest that fits. A budget that no longer fits is skipped, with a line saying so; a job still
-running at the deadline is stopped (SIGTERM: it saves ``last.ckpt``).
+It trains every seed's teacher first (one per seed and ``teacher.augment``), then runs the grid one
+budget at a time, cheapest first: every (teacher DA, DA, seed) of ``--das`` × ``--seeds``, then,
+with ``--more-seeds``, the DAs of ``--always`` (minimal and auto) and the ``--top`` best fixed DAs of
+that budget (by their mean test accuracy over ``--seeds``) at the extra seeds, so that the
+comparisons that decide the rule are paired over enough seeds. Each job is its own
+``python -m daqkd.run`` process. Before a budget starts it predicts how long that budget takes from
+the budgets already run (a per-job overhead plus a per-epoch cost, fitted to their wall times) and
+starts it only if it fits in what is left, so the longest budget run is the longest that fits. A
+budget that no longer fits is skipped, with a line saying so; a job still running at the deadline is
+stopped (SIGTERM: it saves ``last.ckpt``, and the next run of the grid resumes it).
+
+While it runs: ``echo 1 > DIR/parallel`` changes how many jobs run at once (from the next start),
+and ``touch DIR/drain`` lets the running jobs finish, starts no other, and ends the grid (run the
+same command again to go on; the file is removed then).
 
 The folders are those of the experiment's own sweep (``DIR/teacher_<DA>/e<epochs>/<DA>/seed<S>``),
 so ``python -m daqkd.report DIR`` reads them, and a job whose ``results.json`` says ``ok`` is
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +36,8 @@ from pathlib import Path
 
 from daqkd.augment.registry import PAPER_POOL
 from daqkd.result import RunResult
+
+DRAIN, PARALLEL = "drain", "parallel"  # files in the grid's folder that steer a running grid
 
 
 @dataclass
@@ -51,6 +61,22 @@ def job_ok(folder: Path) -> bool:
         return RunResult.load(folder / "results.json").ok
     except (OSError, ValueError, TypeError):
         return False
+
+
+def test_acc(folder: Path) -> float | None:
+    """The student's test accuracy of a finished run in ``folder``, else None."""
+    try:
+        result = RunResult.load(folder / "results.json")
+    except (OSError, ValueError, TypeError):
+        return None
+    return result.student.test_acc if result.ok and result.student is not None else None
+
+
+def best_fixed(accuracies: dict[str, list[float]], top: int, exclude: set[str]) -> list[str]:
+    """The ``top`` DAs with the highest mean accuracy, among those not in ``exclude`` (ties: the
+    first in the order given)."""
+    ranked = sorted((d for d in accuracies if d not in exclude and accuracies[d]), key=lambda d: -statistics.fmean(accuracies[d]))
+    return ranked[:top]
 
 
 def fit_costs(records: list[tuple[int, float]]) -> tuple[float, float]:
@@ -97,24 +123,40 @@ class Grid:
         self.deadline = time.monotonic() + 60 * args.minutes
         self.log_dir = self.out / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.plan: dict = {"minutes": args.minutes, "parallel": args.parallel, "budgets": [], "teachers": []}
+        (self.out / DRAIN).unlink(missing_ok=True)  # a new run of the grid goes on
+        self.drained = False
+        self.plan: dict = {"minutes": args.minutes, "parallel": args.parallel, "experiment": args.experiment, "budgets": [], "teachers": []}
         self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
 
     def command(self, module: str, overrides: list[str], folder: Path) -> list[str]:
-        return [sys.executable, "-m", module, "experiment=budget_fashion_mnist_da", "hydra.mode=RUN",
+        return [sys.executable, "-m", module, f"experiment={self.args.experiment}", "hydra.mode=RUN",
                 f"hydra.run.dir={folder}", *self.args.overrides, *overrides]
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def parallel(self) -> int:
+        """Jobs at once: ``DIR/parallel`` when it holds a whole number ≥ 1, else ``--parallel``."""
+        try:
+            n = int((self.out / PARALLEL).read_text().strip())
+        except (OSError, ValueError):
+            return self.args.parallel
+        return n if n >= 1 else self.args.parallel
+
+    def draining(self) -> bool:
+        if not self.drained and (self.out / DRAIN).exists():
+            print(f"{self.out / DRAIN}: the running jobs finish, no other starts", flush=True)
+            self.drained = True
+        return self.drained
+
     def save_plan(self) -> None:
         (self.out / "plan.json").write_text(json.dumps(self.plan, indent=1) + "\n")
 
     def run_all(self, jobs: list[Job], module: str = "daqkd.run") -> None:
-        """Run ``jobs``, ``parallel`` at once, until done or the deadline (then SIGTERM)."""
+        """Run ``jobs``, ``parallel`` at once, until done, drained or the deadline (then SIGTERM)."""
         queue, running = list(jobs), []
-        while queue or running:
-            while queue and len(running) < self.args.parallel:
+        while (queue and not self.draining()) or running:
+            while queue and len(running) < self.parallel() and not self.draining():
                 job = queue.pop(0)
                 overrides = [f"seed={job.seed}", f"teacher.augment={job.teacher_da}"]
                 if module == "daqkd.run":  # ckpt_path=last: a job stopped at an earlier deadline resumes (a new one starts)
@@ -144,7 +186,7 @@ class Grid:
 
     def teachers(self) -> None:
         a = self.args
-        jobs = [Job(t, 0, "teacher", s, self.out / "teachers" / f"{t}_seed{s}") for t in a.teachers for s in a.seeds]
+        jobs = [Job(t, 0, "teacher", s, self.out / "teachers" / f"{t}_seed{s}") for t in a.teachers for s in a.seeds + a.more_seeds]
         start = time.monotonic()
         self.run_all(jobs, "daqkd.train_teacher")
         self.plan["teachers"] = {"jobs": len(jobs), "seconds": time.monotonic() - start}
@@ -155,16 +197,19 @@ class Grid:
         records: list[tuple[int, float]] = []
         last = 0
         for planned in a.epochs:
+            if self.draining():
+                break
             epochs = planned
             jobs = self.jobs(epochs)
             todo = [j for j in jobs if not j.done()]
-            entry = {"epochs": epochs, "jobs": len(jobs), "to_run": len(todo)}
+            more = self.more_count(epochs)
+            entry = {"epochs": epochs, "jobs": len(jobs) + more, "to_run": len(todo) + more}
             if records and todo:
                 overhead, per_epoch = fit_costs(records)
-                need = predict(len(todo), epochs, a.parallel, overhead, per_epoch)
+                need = predict(len(todo) + more, epochs, self.parallel(), overhead, per_epoch)
                 entry.update(overhead_s=overhead, per_epoch_s=per_epoch, predicted_s=need, left_s=self.left())
                 if need > self.left():
-                    fit = longest_fit(self.left(), len(jobs), a.parallel, overhead, per_epoch)
+                    fit = longest_fit(self.left(), len(jobs) + more, self.parallel(), overhead, per_epoch)
                     if fit < 2 * max(last, 1):  # not a budget the curve lacks: stop here
                         entry["skipped"] = f"needs about {need:.0f} s, {self.left():.0f} s left; at most {fit} epochs would fit"
                         self.plan["budgets"].append(entry)
@@ -176,24 +221,49 @@ class Grid:
                     epochs, jobs = fit, self.jobs(fit)
                     todo = [j for j in jobs if not j.done()]
                     entry.update(epochs=fit, planned_epochs=planned, jobs=len(jobs), to_run=len(todo),
-                                 predicted_s=predict(len(todo), fit, a.parallel, overhead, per_epoch))
+                                 predicted_s=predict(len(todo) + more, fit, self.parallel(), overhead, per_epoch))
             start = time.monotonic()
             self.run_all(todo)
-            finished = [j for j in todo if j.done()]
+            if a.more_seeds and not self.draining() and self.left() > 0:
+                extra = self.more_jobs(epochs)
+                entry["more"] = {"das": sorted({j.da for j in extra}), "seeds": a.more_seeds}
+                jobs, extra_todo = jobs + extra, [j for j in extra if not j.done()]
+                self.run_all(extra_todo)
+                todo += extra_todo
+            finished = [j for j in todo if j.done() and j.seconds > 0]
             records += [(j.epochs, j.seconds) for j in finished]
-            entry.update(seconds=time.monotonic() - start, finished=len(finished) + len(jobs) - len(todo))
+            entry.update(seconds=time.monotonic() - start, finished=sum(j.done() for j in jobs), jobs=len(jobs))
             self.plan["budgets"].append(entry)
             self.save_plan()
             print(f"budget {epochs} epochs: {entry['finished']} of {len(jobs)} jobs ok in {entry['seconds']:.0f} s", flush=True)
             last = epochs
-            if self.left() <= 0 or epochs != planned:
+            if self.left() <= 0 or epochs != planned or self.draining():
                 break
 
-    def jobs(self, epochs: int) -> list[Job]:
+    def jobs(self, epochs: int, seeds: list[int] | None = None, das: list[str] | None = None, teachers: list[str] | None = None) -> list[Job]:
         a = self.args
         jobs = [Job(t, epochs, da, s, self.out / f"teacher_{t}" / f"e{epochs}" / da / f"seed{s}")
-                for t in a.teachers for s in a.seeds for da in a.das]
+                for t in teachers or a.teachers for s in seeds or a.seeds for da in das or a.das]
         return sorted(jobs, key=lambda j: cost_rank(j.da))
+
+    def more_count(self, epochs: int) -> int:
+        """How many jobs ``--more-seeds`` adds to a budget (for its prediction)."""
+        a = self.args
+        return len(a.teachers) * len(a.more_seeds) * (len(a.always) + a.top) if a.more_seeds else 0
+
+    def more_jobs(self, epochs: int) -> list[Job]:
+        """The jobs at ``--more-seeds``: the DAs of ``--always`` and, per teacher, the ``--top`` fixed
+        DAs of this budget with the best mean test accuracy over ``--seeds`` (finished runs only)."""
+        a = self.args
+        jobs = []
+        for t in a.teachers:
+            accuracies = {da: [acc for s in a.seeds if (acc := test_acc(self.out / f"teacher_{t}" / f"e{epochs}" / da / f"seed{s}")) is not None]
+                          for da in a.das}
+            best = best_fixed(accuracies, a.top, set(a.always) | {"auto"})
+            print(f"budget {epochs} epochs, teacher {t}: the best fixed DAs over seeds {a.seeds}: {', '.join(best) or 'none finished'}",
+                  flush=True)
+            jobs += self.jobs(epochs, a.more_seeds, list(dict.fromkeys(a.always + best)), [t])
+        return jobs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,11 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     ap.add_argument("--epochs", type=lambda s: [int(x) for x in s.split(",")], default=[2, 8, 32, 128, 512],
                     help="budgets, cheapest first; each runs only if it is predicted to fit")
-    ap.add_argument("--das", type=lambda s: s.split(","), default=list(PAPER_POOL))
+    ap.add_argument("--das", type=lambda s: s.split(","), default=list(PAPER_POOL), help="augment.name values (auto included)")
+    ap.add_argument("--experiment", default="budget_fashion_mnist_da", help="the experiment= every job composes")
+    ap.add_argument("--more-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[],
+                    help="extra seeds for --always and the --top best fixed DAs of each budget")
+    ap.add_argument("--always", type=lambda s: s.split(","), default=["minimal", "auto"], help="DAs always run at --more-seeds")
+    ap.add_argument("--top", type=int, default=2, help="how many of the best fixed DAs run at --more-seeds")
     ap.add_argument("overrides", nargs="*", help="config overrides for every job (after --)")
     args = ap.parse_args(argv)
     if args.epochs != sorted(args.epochs):
         ap.error("--epochs must be in increasing order (cheapest first)")
+    if set(args.seeds) & set(args.more_seeds):
+        ap.error("--more-seeds must not repeat a seed of --seeds")
     grid = Grid(args)
     grid.teachers()
     grid.budgets()

@@ -34,7 +34,21 @@ def _sweep(*parts) -> str:
     return ",".join(out)
 
 
+def _interval(epochs, times) -> int:
+    """``${daqkd.interval:${trainer.max_epochs},16}``: the epochs between ``times`` evenly spaced
+    validations of a run of ``epochs`` (at least 1; the last epoch is one of them when ``times``
+    divides ``epochs``)."""
+    try:
+        epochs, times = int(epochs), int(times)
+    except (TypeError, ValueError):
+        raise ConfigError(f"daqkd.interval needs two whole numbers, got {epochs!r} and {times!r}") from None
+    if times < 1:
+        raise ConfigError(f"daqkd.interval: the number of validations must be at least 1, got {times}")
+    return max(1, epochs // times)
+
+
 OmegaConf.register_new_resolver("daqkd.pool", _pool, replace=True)
+OmegaConf.register_new_resolver("daqkd.interval", _interval, replace=True)
 OmegaConf.register_new_resolver("daqkd.sweep", _sweep, replace=True)
 
 
