@@ -73,6 +73,7 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("path")
+        d["augment_scores"] = [s.as_dict() for s in self.augment_scores]  # without the in-memory replicates
         return {k: v for k, v in d.items() if v is not None or k in ("selected_augment",)}
 
     def write(self, path: str | Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import hydra
@@ -23,8 +22,8 @@ from daqkd.build import build_datamodule, build_device, build_student, build_tea
 from daqkd.config import config_dir, normalize_overrides, validate_config
 from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
-from daqkd.metric import AugmentScore, format_ranking, score_augmentations
-from daqkd.metric.select import decide, rule_from_config
+from daqkd.metric import format_ranking, score_augmentations
+from daqkd.metric.select import SCORE_FIELDS, decide, rule_from_config
 from daqkd.torchutil import set_threads
 
 log = logging.getLogger("daqkd")
@@ -50,7 +49,7 @@ def score(cfg: DictConfig) -> dict:
     best = decision.selected
     print(format_ranking(scores, best, decision.selector, decision.tied, decision.how))
     with open(output_dir / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(AugmentScore)])
+        writer = csv.DictWriter(f, fieldnames=SCORE_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(s.as_dict() for s in scores)
     result = {

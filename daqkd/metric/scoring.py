@@ -12,15 +12,20 @@ Selectors, each "lower is predicted better" (SELECTORS):
     teacher_acc  −(the teacher's top-1 accuracy on the augmented images)
     student_m    M computed with the calibrated low-bit student instead of the teacher
 Each score carries a standard error: a bootstrap over images (M, DEV, CMI, student M), over groups
-(variance), or the standard error of a mean (entropy, accuracy).
+(variance), or the standard error of a mean (entropy, accuracy). Candidates scored on the same
+images share their bootstrap replicates (the same resampled images in each), so the standard error
+of the *difference* between two candidates is the spread of their replicates' differences
+(``paired_se``): the images' own difficulty, common to both, cancels, and that standard error is
+usually smaller than the independent √(se₁² + se₂²).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -63,13 +68,22 @@ class AugmentScore:
     ce_cmi: float = math.nan
     ce_cmi_se: float = math.nan
     bootstrap_replicates: int = 0  # replicates behind the standard errors (0: not recorded, an older file)
+    # The standard error of (this − other) for each record field with replicates, for every other
+    # candidate scored on the same images: {field: {other name: se}} (empty in older files).
+    paired_se: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The bootstrap replicates behind the standard errors, {field: [B]}, and what they were drawn
+    # from (seed, images' classes): kept in memory while scoring, never written.
+    replicates: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    replicate_key: tuple | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("replicates", "replicate_key", "paired_se")}
+        out["paired_se"] = {k: dict(v) for k, v in self.paired_se.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentScore:
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"replicates", "replicate_key"}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -93,8 +107,39 @@ def selector_value(score: AugmentScore, selector: str) -> float:
 def selector_se(score: AugmentScore, selector: str) -> float:
     """The standard error of the record field the selector names (``field=``); NaN for a selector
     registered without one, whose candidates then never count as tied."""
-    field = SELECTORS.meta(selector).get("field")
-    return getattr(score, field + "_se") if field else float("nan")
+    name = SELECTORS.meta(selector).get("field")
+    return getattr(score, name + "_se") if name else float("nan")
+
+
+def difference_se(a: AugmentScore, b: AugmentScore, selector: str) -> float:
+    """The standard error of the difference of two candidates' ``selector`` values: paired (the
+    spread of their shared bootstrap replicates' differences) when both were scored on the same
+    images, else √(se_a² + se_b²) as if independent (records written before paired standard errors);
+    NaN for a selector without a standard error."""
+    name = SELECTORS.meta(selector).get("field")
+    if not name:
+        return math.nan
+    paired = a.paired_se.get(name, {}).get(b.name)
+    if paired is None:
+        paired = b.paired_se.get(name, {}).get(a.name)
+    if paired is not None and a.num_samples == b.num_samples:
+        return float(paired)
+    return math.sqrt(_zero_nan(getattr(a, name + "_se")) ** 2 + _zero_nan(getattr(b, name + "_se")) ** 2)
+
+
+def _zero_nan(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def pair_standard_errors(scores: Sequence[AugmentScore]) -> None:
+    """Fill ``paired_se`` of every pair of ``scores`` whose replicates were drawn alike (same images,
+    same seed), from the replicates' differences; pairs that were not are left without one."""
+    for a in scores:
+        for b in scores:
+            if a is b or a.replicate_key is None or a.replicate_key != b.replicate_key:
+                continue
+            for name in a.replicates.keys() & b.replicates.keys():
+                a.paired_se.setdefault(name, {})[b.name] = _std(a.replicates[name] - b.replicates[name])
 
 
 @dataclass
@@ -184,6 +229,7 @@ def score_passes(name: str, teacher: Passes, student: Passes | None = None, seco
     # Per image, averaged over its two draws: the unit the standard errors count.
     h = entropy(probs).view(2, n).mean(0)
     correct = (probs.argmax(1) == hard_labels(targets)).double().view(2, n).mean(0)
+    per_image_mean = lambda v: (weights @ v) / weights.sum(1)  # noqa: E731  (a replicate's mean over its images)
     ce = -(targets * probs.clamp_min(EPS).log()).sum(1).mean()
     # The reference code's CE − CMI: CE over pass 2's images, the replicates weighted like CMI's.
     ce2 = -(teacher.t2.to(torch.float64) * teacher.p2.to(torch.float64).clamp_min(EPS).log()).sum(1)
@@ -200,9 +246,13 @@ def score_passes(name: str, teacher: Passes, student: Passes | None = None, seco
         ce_cmi=float(ce2.mean()) - m["cmi"], ce_cmi_se=_std(ce2_boot - boot["cmi"]),
         bootstrap_replicates=int(torch.isfinite(boot["m"]).sum()),
     )
+    score.replicates = {"m": boot["m"], "dev": boot["dev"], "cmi": boot["cmi"], "ce_cmi": ce2_boot - boot["cmi"],
+                        "variance": variance_boot, "entropy": per_image_mean(h), "teacher_acc": per_image_mean(correct)}
+    score.replicate_key = (seed, hashlib.sha256(weights.numpy().tobytes()).hexdigest())  # alike draws: the same resampled images
     if student is not None:
         score.student_m = metric_score(student.p1, student.p2, student.t1, student.t2, student.t1.shape[1])["m"]
-        score.student_m_se = _std(bootstrap_metric(student.p1, student.t1, student.p2, student.t2, weights)["m"])
+        score.replicates["student_m"] = bootstrap_metric(student.p1, student.t1, student.p2, student.t2, weights)["m"]
+        score.student_m_se = _std(score.replicates["student_m"])
     return score
 
 
@@ -272,6 +322,7 @@ def score_augmentations(
                 s = recorders[k].score(candidates[k], seed, classes[:hi] if classes is not None else None)
                 s.seconds = seconds[k]
                 scores[k] = s
+            pair_standard_errors([scores[k] for k in active])  # the candidates of this round share its images
             if hi < n and prune is not None:
                 keep = set(prune([scores[k] for k in active]))
                 out = [candidates[k] for k in active if candidates[k] not in keep]
@@ -280,8 +331,12 @@ def score_augmentations(
                 active = [k for k in active if candidates[k] in keep]
                 if len(active) <= 1:
                     break
+    final = {s.name: s.num_samples for s in scores.values()}
     for k in sorted(scores):
         s = scores[k]
+        s.replicates = {}  # the paired standard errors are taken; 200 floats per field and candidate need not stay
+        # Only pairs scored on the same images keep a paired standard error (one out of the race early has fewer).
+        s.paired_se = {f: {o: v for o, v in d.items() if final.get(o) == s.num_samples} for f, d in s.paired_se.items()}
         log.info("DA metric: %-22s M=%.4f±%.4f CE-CMI=%.4f±%.4f (DEV=%.4f, CMI=%.4f) on %d images in %.1fs", s.name, s.m, s.m_se,
                  s.ce_cmi, s.ce_cmi_se, s.dev, s.cmi, s.num_samples, s.seconds)
     return [scores[k] for k in range(len(candidates))]

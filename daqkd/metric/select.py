@@ -7,8 +7,14 @@ The rule (``metric.*``; README "Does the metric predict?" holds the evidence it 
    prefers DAs the teacher finds easy; at or above it the paper's M = DEV − CMI (``m``), which
    prefers DAs that confuse the teacher. Strong DAs cost accuracy at short budgets and pay off at
    long ones. Any selector name uses that selector at every budget.
-2. **Ties.** Candidates whose value is within ``metric.tie_z`` combined standard errors of the
-   leader's, √(se_leader² + se²), cannot be told apart. ``metric.tie=milder`` then takes the one the
+2. **Ties.** Candidates whose value is within ``metric.tie_z`` standard errors of their difference
+   from the leader's cannot be told apart. That standard error is paired: the candidates are scored
+   on the same images with the same bootstrap resamples, so it is the spread of the resamples'
+   differences, in which the images' own difficulty cancels (records written before it existed fall
+   back to √(se_leader² + se²)). Only candidates scored on every image the leader was scored on are
+   compared: one that dropped out of the race early (scoring in rounds) was at least
+   ``metric.stop_z`` such standard errors behind on the images it saw, and its score from fewer images
+   is not comparable (CMI from a small sample is biased upwards). ``metric.tie=milder`` then takes the one the
    teacher finds easiest: the one it classifies most accurately (then the lowest cross-entropy), the
    least risk of a DA the student cannot fit. (Not the lowest cross-entropy alone: a DA that blanks the
    image leaves a weak teacher uncertain, which costs less cross-entropy than its confident mistakes
@@ -21,18 +27,19 @@ import csv
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from daqkd.io import read_checkpoint
-from daqkd.metric.scoring import SELECTORS, AugmentScore, Selection, format_ranking, score_augmentations, selector_se, selector_value
+from daqkd.metric.scoring import SELECTORS, AugmentScore, Selection, difference_se, format_ranking, score_augmentations, selector_value
 
 log = logging.getLogger(__name__)
 
 TIES = ("milder", "first")
-SCORE_FIELDS = [f.name for f in fields(AugmentScore)]
+# The columns of augment_scores.csv and the W&B table: every scalar of the record (paired_se stays in results.json).
+SCORE_FIELDS = [f.name for f in fields(AugmentScore) if f.name not in ("paired_se", "replicates", "replicate_key")]
 STATE_KEY = "DAMetricCallback"  # where checkpoints keep the selection (the callback's Lightning state key)
 
 
@@ -73,55 +80,64 @@ class Decision:
     leader: str
     tied: list[str]  # the candidates that cannot be told apart from the leader, leader first
     how: str
+    compared: list[str] = field(default_factory=list)  # the candidates scored on every image (the others dropped out early)
+
+
+def within(scores: Sequence[AugmentScore], selector: str, z: float) -> tuple[AugmentScore, list[AugmentScore]]:
+    """(the leader, the candidates whose ``selector`` value is within ``z`` standard errors of the
+    difference from the leader's, the leader included, in pool order). A selector without a
+    standard error ties no one."""
+    values = [selector_value(s, selector) for s in scores]
+    lead = min(range(len(scores)), key=values.__getitem__)  # ties of equal values: the first in pool order
+    close = []
+    for s, v in zip(scores, values):
+        se = 0.0 if s is scores[lead] else difference_se(scores[lead], s, selector)
+        if v - values[lead] <= z * (0.0 if math.isnan(se) else se):
+            close.append(s)
+    return scores[lead], close
 
 
 def decide(scores: Sequence[AugmentScore], rule: Rule, epochs: int | None) -> Decision:
-    """The training DA among ``scores`` (in pool order) under ``rule`` at ``epochs`` planned epochs."""
+    """The training DA among ``scores`` (in pool order) under ``rule`` at ``epochs`` planned epochs;
+    only the candidates scored on the most images are compared (the module's docstring)."""
     if not scores:
         raise ValueError("no scored candidates to select from")
     selector, why = rule.selector_for(epochs)
-    values = [selector_value(s, selector) for s in scores]
-    if any(math.isnan(v) for v in values):
+    if any(math.isnan(selector_value(s, selector)) for s in scores):
         raise ValueError(f"selector {selector!r} has no value for some candidates (student_m needs a quantized student)")
-    lead = min(range(len(scores)), key=values.__getitem__)  # ties of equal values: the first in pool order
-    se_lead = _se(scores[lead], selector)
-    tied = [s for s, v in zip(scores, values)
-            if v - values[lead] <= rule.tie_z * math.sqrt(se_lead**2 + _se(s, selector) ** 2)]
-    tied.sort(key=lambda s: s is not scores[lead])  # the leader first, then pool order
+    most = max(s.num_samples for s in scores)
+    compared = [s for s in scores if s.num_samples == most]
+    early = [s.name for s in scores if s.num_samples < most]
+    out = f"; {', '.join(early)} out of the race before {most} images, not compared" if early else ""
+    leader, tied = within(compared, selector, rule.tie_z)
+    tied.sort(key=lambda s: s is not leader)  # the leader first, then pool order
     if rule.tie == "milder" and len(tied) > 1:
         chosen = min(tied, key=lambda s: (-s.teacher_acc, s.teacher_ce))
-        how = (f"{selector} ({why}); {', '.join(s.name for s in tied)} within {rule.tie_z:g} combined standard errors of "
-               f"the leader {scores[lead].name}: the milder ({chosen.name}, the teacher's most accurate) wins")
+        how = (f"{selector} ({why}); {', '.join(s.name for s in tied)} within {rule.tie_z:g} paired standard errors of "
+               f"the leader {leader.name}: the milder ({chosen.name}, the teacher's most accurate) wins{out}")
     elif len(tied) > 1:
         chosen = min(tied, key=lambda s: scores.index(s))  # the first of the tied in pool order
-        how = f"{selector} ({why}); {', '.join(s.name for s in tied)} tied: the first in pool order ({chosen.name}) wins"
+        how = f"{selector} ({why}); {', '.join(s.name for s in tied)} tied: the first in pool order ({chosen.name}) wins{out}"
     else:
-        chosen = scores[lead]
-        how = f"argmin {selector} ({why})"
-    return Decision(chosen.name, selector, scores[lead].name, [s.name for s in tied], how)
+        chosen = leader
+        how = f"argmin {selector} ({why}){out}"
+    return Decision(chosen.name, selector, leader.name, [s.name for s in tied], how, [s.name for s in compared])
 
 
 def pruner(rule: Rule, epochs: int | None, z: float) -> Callable[[list[AugmentScore]], list[str]]:
     """For scoring in rounds (``score_augmentations``): after each round, the candidates still in the
-    race under ``rule``'s selector, those within ``z`` combined standard errors of the leader. One
-    left means the leader is ahead of every other by more than that, and scoring stops."""
+    race under ``rule``'s selector, those within ``z`` paired standard errors of the leader (all were
+    scored on the same images so far). One left means the leader is ahead of every other by more than
+    that, and scoring stops."""
     selector = rule.selector_for(epochs)[0]
     with_se = SELECTORS.meta(selector).get("field") is not None
 
     def prune(scores: list[AugmentScore]) -> list[str]:
         if not with_se:  # a selector registered without a standard error never decides early: every image is scored
             return [s.name for s in scores]
-        values = [selector_value(s, selector) for s in scores]
-        lead = min(range(len(scores)), key=values.__getitem__)
-        se_lead = _se(scores[lead], selector)
-        return [s.name for s, v in zip(scores, values) if v - values[lead] <= z * math.sqrt(se_lead**2 + _se(s, selector) ** 2)]
+        return [s.name for s in within(scores, selector, z)[1]]
 
     return prune
-
-
-def _se(score: AugmentScore, selector: str) -> float:
-    se = selector_se(score, selector)
-    return 0.0 if math.isnan(se) else se
 
 
 def rule_from_config(metric) -> Rule:
@@ -134,7 +150,7 @@ def choose(candidates: Sequence[str], fixed: str | None, datamodule, teacher: to
            output_dir: str | Path | None = None, chunk: int | None = None, stop_z: float = 3.0) -> Selection:
     """Score ``candidates`` with the teacher (and ``student``, for ``student_m``) and decide: the DA
     ``fixed`` when given, else the rule's. Deciding, scoring goes in rounds of ``chunk`` images and
-    stops when the rule's leader is ahead of every other candidate by ``stop_z`` combined standard
+    stops when the rule's leader is ahead of every other candidate by ``stop_z`` paired standard
     errors (candidates that far behind stop early); a fixed DA is scored on every image. Logs the
     ranking and writes ``augment_scores.csv``."""
     scores: list[AugmentScore] = []
@@ -158,7 +174,7 @@ def choose(candidates: Sequence[str], fixed: str | None, datamodule, teacher: to
         path = Path(output_dir) / "augment_scores.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SCORE_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=SCORE_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(s.as_dict() for s in sorted(scores, key=lambda s: selector_value(s, selector)))
     return selection

@@ -1,5 +1,8 @@
 """The decision rule of augment=auto against hand-made scores (daqkd/metric/select.py): the selector by
-the planned budget, ties within the combined standard errors, and the milder of tied candidates."""
+the planned budget, ties within the standard error of the difference (paired when recorded), the
+milder of tied candidates, and candidates that dropped out early left out of the comparison."""
+import dataclasses
+
 import pytest
 
 from daqkd.metric.scoring import AugmentScore
@@ -67,3 +70,32 @@ def test_a_selector_registered_without_a_standard_error(monkeypatch):
     rule = Rule(selector="neg_teacher_ce")
     assert decide(POOL, rule, 2).selected == "cutmix"  # the highest teacher CE (1.50)
     assert pruner(rule, 2, 3.0)(POOL) == [p.name for p in POOL]
+
+
+def test_the_tie_band_is_the_paired_standard_error_when_recorded():
+    # augmix is 0.02 behind minimal in CE − CMI. Independent SEs: √(0.01² + 0.015²) = 0.018, 1.1 of them:
+    # apart at z = 1.2? No: tied. Paired (the images' difficulty cancels): 0.005, 4 of them: told apart.
+    minimal, augmix = (dataclasses.replace(p) for p in POOL[:2])
+    assert decide([minimal, augmix], Rule(tie_z=1.2), 8).tied == ["minimal", "augmix"]
+    minimal.paired_se = {"ce_cmi": {"augmix": 0.005}}
+    d = decide([minimal, augmix], Rule(tie_z=1.2), 8)
+    assert d.tied == ["minimal"] and d.selected == "minimal"
+    augmix.paired_se = {"ce_cmi": {"minimal": 0.005}}  # recorded on either side, or both
+    minimal.paired_se = {}
+    assert decide([minimal, augmix], Rule(tie_z=1.2), 8).tied == ["minimal"]
+    # A paired SE wider than the independent one (the difficulty works against the difference) ties them.
+    augmix.paired_se = {"ce_cmi": {"minimal": 0.03}}
+    assert decide([minimal, augmix], Rule(tie_z=1.0), 8).tied == ["minimal", "augmix"]
+
+
+def test_candidates_out_of_the_race_early_are_not_compared():
+    # trivialaugment leads M on 100 images; minimal dropped out after 50 images with a partial score
+    # that would now lead (CMI from few images is biased upwards, so M downwards): it is not compared.
+    lead = dataclasses.replace(POOL[3])
+    early = dataclasses.replace(POOL[0], m=-0.9, num_samples=50)
+    d = decide([early, lead, dataclasses.replace(POOL[2])], Rule(selector="m"), 100)
+    assert d.selected == "trivialaugment" and d.compared == ["trivialaugment", "cutmix"]
+    assert "minimal out of the race before 100 images, not compared" in d.how
+    # A paired SE recorded against a candidate scored on other images is not used.
+    lead.paired_se = {"m": {"minimal": 1e-6}}
+    assert decide([early, lead], Rule(selector="m"), 100).compared == ["trivialaugment"]

@@ -75,3 +75,51 @@ def test_standard_errors_are_bootstrap_spreads_that_shrink_with_more_images():
     # 16× the images: about a quarter of the standard error (√16), within the bootstrap's own noise
     assert 0.15 < large.m_se / small.m_se < 0.4
     assert math.isnan(small.student_m) and math.isnan(small.student_m_se)  # no student scored
+
+
+def paired_candidates(n, shared, gen, classes=4):
+    """Two candidates' passes over the same n images. Each image has a difficulty (how far its true
+    class's logit is ahead), common to both candidates when ``shared``, drawn for each otherwise; the
+    candidates then add their own noise."""
+    y = torch.arange(n) % classes
+    t = torch.nn.functional.one_hot(y, classes).float()
+    common = 3 * torch.rand(n, 1, generator=gen)
+
+    def passes():
+        margin = common if shared else 3 * torch.rand(n, 1, generator=gen)
+        logits = lambda: torch.randn(n, classes, generator=gen) * 0.3 + margin * t  # noqa: E731
+        return Passes(torch.softmax(logits(), 1), t, torch.softmax(logits(), 1), t)
+
+    return passes(), passes(), y
+
+
+def test_paired_standard_error_is_narrower_when_image_difficulty_is_shared_and_equal_when_not():
+    from daqkd.metric.scoring import difference_se, pair_standard_errors
+
+    gen = torch.Generator().manual_seed(0)
+    ratios = {True: [], False: []}
+    for shared in (True, False):
+        for rep in range(20):
+            pa, pb, y = paired_candidates(400, shared, gen)
+            a, b = score_passes("a", pa, seed=rep, classes=y), score_passes("b", pb, seed=rep, classes=y)
+            pair_standard_errors([a, b])
+            for key in ("ce_cmi", "m"):
+                independent = math.sqrt(getattr(a, key + "_se") ** 2 + getattr(b, key + "_se") ** 2)
+                assert difference_se(a, b, key) == a.paired_se[key]["b"] == b.paired_se[key]["a"]
+                ratios[shared].append(difference_se(a, b, key) / independent)
+    # Shared difficulty cancels in the difference: the paired band is much narrower.
+    assert max(ratios[True]) < 0.6
+    # Nothing shared but the resampled images: the two are the same in expectation (200 replicates: a few % of noise).
+    assert abs(sum(ratios[False]) / len(ratios[False]) - 1) < 0.05
+
+
+def test_candidates_bootstrapped_on_other_images_get_no_paired_standard_error():
+    from daqkd.metric.scoring import difference_se, pair_standard_errors
+
+    gen = torch.Generator().manual_seed(1)
+    pa, pb, y = paired_candidates(200, True, gen)
+    a, b = score_passes("a", pa, seed=0, classes=y), score_passes("b", pb, seed=1, classes=y)  # other resamples
+    pair_standard_errors([a, b])
+    assert a.paired_se == {} and b.paired_se == {}
+    assert difference_se(a, b, "m") == pytest.approx(math.sqrt(a.m_se**2 + b.m_se**2))
+    assert "replicates" not in a.as_dict() and a.as_dict()["paired_se"] == {}
