@@ -22,7 +22,7 @@ def score(name, m, variance=0.1, student_m=0.0):
             "teacher_ce": 0.5, "num_samples": 100, "seconds": 1.0, "student_m": student_m}
 
 
-def fake_run(folder, augment, seed, acc, m=0.0, variance=0.1, quantizer="ewgs", bits=2, selected=None, pool=(), config=None):
+def fake_run(folder, augment, seed, acc, m=0.0, variance=0.1, quantizer="ewgs", bits=2, selected=None, pool=(), config=None, commit=None):
     folder.mkdir(parents=True)
     selected = selected or augment
     scores = [score(n, v) for n, v in pool] if pool else [score(augment, m, variance)]
@@ -32,6 +32,7 @@ def fake_run(folder, augment, seed, acc, m=0.0, variance=0.1, quantizer="ewgs", 
         "augment_scores": scores,
         "teacher": {"test_acc": 0.9},
         "student": {"test_acc": acc, "quantizer": quantizer, "bits_w": bits, "bits_a": bits, "kd": "kd"},
+        **({"provenance": {"git_commit": commit}} if commit else {}),
         "config": {"seed": seed, "augment": {"name": augment, "pool": ["a", "b", "c"]}, "kd": {"name": "kd", "alpha": 2.0},
                    "dataset": {"name": "fashion_mnist"}, "model": {"name": "resnet20"}, "metric": {"seed": seed},
                    "trainer": {"max_epochs": 2}, "paths": {"output_dir": str(folder)}, **(config or {})},
@@ -64,26 +65,36 @@ def test_selector_table_picks_ranks_and_regrets(sweep):
     assert isinstance(st, Setting) and st.das == ["c", "b", "a"]  # by mean accuracy
     assert st.mean_acc("b") == pytest.approx(80.0)
     m = st.selector_row("m")
-    assert m["rho"] == pytest.approx(-1.0) and m["pick"] == "c" and m["rank"] == 1 and m["regret"] == pytest.approx(0.0)
+    assert m.rho.rho == pytest.approx(-1.0) and m.pick == "c" and m.rank == 1 and m.regret == pytest.approx(0.0)
+    assert m.rho.p == pytest.approx(2 / 6) and m.rho.exact  # 3 DAs: 2 of the 6 orderings are as extreme as a perfect order
+    assert m.rho.per_seed == {0: pytest.approx(-1.0), 1: pytest.approx(-1.0)} and m.rho.bootstrap is None  # 2 seeds: no bootstrap
     v = st.selector_row("variance")
-    assert v["rho"] == pytest.approx(1.0) and v["pick"] == "a" and v["rank"] == 3
-    assert v["regret"] == pytest.approx(85.0 - 70.0)
-    assert m["lo"] <= m["rho"] <= m["hi"]  # the bootstrap interval holds the point estimate
-    within, between = st.spreads()
-    assert within == pytest.approx(2**0.5)  # every DA: stdev of (x − 1, x + 1) points
-    assert between == pytest.approx(7.6376, rel=1e-3)  # std of 85, 80, 70
+    assert v.rho.rho == pytest.approx(1.0) and v.pick == "a" and v.rank == 3
+    assert v.regret == pytest.approx(85.0 - 70.0)
+    # Paired by seed: b − a is +10 points on both seeds; with 2 seeds the sign-flip p is never below 0.5.
+    ba = st.versus("b", "a")
+    assert (ba.mean, ba.se, ba.n, ba.p) == (pytest.approx(10.0), pytest.approx(0.0), 2, pytest.approx(0.5))
+    sp = st.spread()  # 2 seeds × 3 DAs: seed 1 is seed 0 + 2 points for every DA, so all of it is offset and effect
+    assert sp.seed_sd == pytest.approx(2**0.5) and sp.da_sd == pytest.approx(7.6376, rel=1e-3)  # std of 85, 80, 70
+    assert sp.residual_sd == pytest.approx(0.0, abs=1e-9)
 
 
 def test_report_files_count_failures_and_name_the_auto_run(sweep, capsys):
     assert main([str(sweep), "--rows", "augment", "--cols", "bits"]) == 0
     out = capsys.readouterr().out
     assert "7 runs in 1 setting, 1 failed and left out" in out and "RuntimeError: boom" in out
-    assert "| m | -1.000 |" in out and "| variance | +1.000 |" in out
-    assert "auto (c): 84.50; best fixed c 85.00, worst fixed a 70.00" in out
+    assert "| m | -1.00 (p 0.33) |" in out and "| variance | +1.00 (p 0.33) |" in out
+    # the real auto run (seed 0 only) picked c: against minimal there is none, against the best fixed DA c paired on seed 0
+    assert "| augment=auto | c ×1 | 84.50 (n=1) | – | c: +0.50 (n=1: no SE, no p) |" in out  # 84.5 − c's 84.0 on seed 0
     assert "| a | 70.00 ± 1.41 (n=2) |" in out  # the pivot: augment × bits
-    assert "is smaller than the spread between DAs" in out
+    assert "seed offsets SD 1.41, DA effects SD 7.64, residual SD 0.00 points" in out
+    assert "Commits: unknown ×7." in out and "recorded no commit" in out
     rows = list(csv.DictReader(open(sweep / "report.csv")))
     assert {r["selector"] for r in rows} >= {"m", "variance"}
+    p = {r["selector"]: float(r["p"]) for r in rows if r["selector"] in ("m", "variance")}
+    assert p == {"m": pytest.approx(1 / 3), "variance": pytest.approx(1 / 3)}
+    paired_rows = list(csv.DictReader(open(sweep / "paired.csv")))  # no minimal in this sweep: auto against its best fixed DA only
+    assert [(r["da"].split(" ")[0], r["vs"], r["n"]) for r in paired_rows] == [("augment=auto", "minimal", "0"), ("augment=auto", "c", "1")]
     assert (sweep / "report.md").read_text().startswith("# Sweep report")
     assert (sweep / "scatter.png").stat().st_size > 1000
 
@@ -139,9 +150,9 @@ def test_tied_scores_pick_the_first_da_in_pool_order_as_auto_does(tmp_path):
 
     (st,) = settings_of(load_results([root])[0])
     row = st.selector_row("m")
-    assert row["pick"] == "a" and row["regret"] == pytest.approx(10.0)
+    assert row.pick == "a" and row.regret == pytest.approx(10.0)
     auto = select_augmentation([AugmentScore.from_dict(score(d, 0.1)) for d in ("a", "b", "c")], "m")
-    assert auto == row["pick"]
+    assert auto == row.pick
 
 
 def test_the_budget_curve_table_and_figure(tmp_path, capsys):
@@ -157,7 +168,7 @@ def test_the_budget_curve_table_and_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "## Budget curve: fashion_mnist / resnet20 / ewgs / W2A2 / kd" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("| m |") and "ep" not in ln and "·" in ln)
-    assert "+1.00 [+1.00, +1.00] · 10.00 (c)" in line and "-1.00 [-1.00, -1.00] · 0.00 (c)" in line
+    assert "+1.00 (p 0.33) · 10.00 (c)" in line and "-1.00 (p 0.33) · 0.00 (c)" in line
     assert (root / "budget.png").stat().st_size > 1000
     rows = list(csv.DictReader(open(root / "report.csv")))
     assert {r["epochs"] for r in rows} == {"2", "8"}
@@ -189,3 +200,32 @@ def test_a_wrong_pivot_is_one_line(sweep, capsys):
             main([str(sweep), *argv])
         err = capsys.readouterr().err
         assert e.value.code == 2 and "no such field" in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_reads_runs_packed_in_tar_gz_and_flags_uncommitted_trees(tmp_path, capsys):
+    """Committed grids are packed as results.tar.gz: the report reads them in place (no unpacking), counts
+    a run found both packed and unpacked once, and says which runs came from a tree with uncommitted changes."""
+    import tarfile
+
+    src = tmp_path / "src"
+    for i, (da, seed, acc, m, var) in enumerate(GRID):
+        fake_run(src / da / f"seed{seed}", da, seed, acc, m, var, commit="a" * 40 + ("+dirty" if i == 0 else ""))
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    with tarfile.open(packed / "results.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname=".")
+    assert main([str(packed)]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs in 1 setting" in out and "| c | 85.00 ± 1.41 (n=2) |" in out
+    assert f"Commits: {'a' * 12} ×5, {'a' * 12}+dirty ×1." in out and "1 of 6 runs came from a tree with uncommitted changes" in out
+    # One run also unpacked beside the archive: still 6 runs, not 7.
+    fake_run(packed / "a" / "seed0", "a", 0, 0.69, 0.30, 0.05)
+    from daqkd.report import load_results
+
+    runs, _ = load_results([packed])
+    assert len(runs) == 6 and sum(":" not in r.path for r in runs) == 1
+    (packed / "broken.tar.gz").write_bytes(b"not a tar file")
+    with pytest.raises(SystemExit) as e:
+        main([str(packed)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "broken.tar.gz is not a readable tar.gz archive" in err[0]
