@@ -78,9 +78,9 @@ device-pack: data
 	cp $$(ls $(dir $(FMNIST))*-ubyte.gz 2>/dev/null || ls data/fashion_mnist/*-ubyte*) .device/fashion-mnist/
 	du -sh .device
 
-# The same script on this machine, as a check of every step at a tiny size.
+# The same script on this machine, as a check of every step at a tiny size (the venv's python as python3).
 device-grid: device-pack
-	SMOKE=1 OUT=outputs/device_grid_smoke bash scripts/device_grid.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SMOKE=1 OUT=outputs/device_grid_smoke bash scripts/device_grid.sh
 
 # Uploads every offline W&B run under outputs/ and multirun/ (needs WANDB_API_KEY or `wandb login`).
 sync: $(STAMP)

@@ -89,16 +89,16 @@ def measure(quick: bool) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| model | form | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput | file (MiB) |",
+    lines = ["| model | form | batch-1 latency (ms) | batch-64 throughput (img/s) | × teacher's throughput | file (MB) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for model, e in result.items():
         fp = e["teacher_fp"]
-        lines.append(f"| {model} | FP teacher | {fp['latency_b1_ms']:.2f} | {fp['throughput_b64_img_s']:.0f} | 1.00 | {fp['size_mb']:.2f} |")
+        lines.append(f"| {model} | FP teacher | {fp['latency_b1_ms']:.2f} | {fp['throughput_b64_img_s']:.0f} | 1.00 | {fp['size_bytes'] / 1e6:.2f} |")
         for bits in ("W8A8", "W4A4", "W2A2"):
             for form in ("exact", "int8"):
                 r = e[bits][form]
                 lines.append(f"| {model} | {bits} {form} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:.0f} | "
-                             f"{e[bits]['throughput_vs_teacher'][form]:.2f} | {r['size_mb']:.2f} |")
+                             f"{e[bits]['throughput_vs_teacher'][form]:.2f} | {r['size_bytes'] / 1e6:.2f} |")
     return "\n".join(lines)
 
 

@@ -26,18 +26,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("daqkd.bench", "speed figures against their targets (bench/bench.json)", "daqkd bench --quick"),
     "bench-export": ("daqkd.bench_export", "the exported forms' speed and size against the FP teacher (bench/export.json)",
                      "daqkd bench-export --quick"),
-    "budget-grid": ("daqkd.budget_grid", "the budget grid within a wall-clock budget (the GPU machine's script)",
+    "budget-grid": ("daqkd.budget_grid", "a grid of DAs × budgets × seeds, a process per job, within a wall-clock budget",
                     "daqkd budget-grid --out grid --minutes 9"),
     "bench-device": ("daqkd.bench_device", "the GPU speed table (step, loader, shared GPU)", "daqkd bench-device"),
 }
 
 
+def version() -> str:
+    """``daqkd 0.1.0 (commit 1a2b3c4d5e6f)``: the installed version and the checkout's commit ("+dirty"
+    with uncommitted changes; "unknown" outside a git checkout)."""
+    from daqkd import __version__
+    from daqkd.provenance import git_commit
+
+    commit = git_commit()
+    return f"daqkd {__version__} (commit {commit[:12] + ('+dirty' if commit.endswith('+dirty') else '') if commit else 'unknown'})"
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: daqkd <command> [arguments]     (daqkd <command> --help for its own arguments;",
-             "       daqkd key=value ... is daqkd run key=value ...)", "", "commands:"]
-    for name, (module, what, example) in COMMANDS.items():
-        lines += [f"  {name:<{width}}  {what}", f"  {'':<{width}}  e.g. {example}   (= python -m {module})"]
+    lines = ["daqkd: quantization-aware training with knowledge distillation, the data augmentation chosen",
+             "by the full-precision teacher before training (README.md: the method, the commands, the results).", "",
+             "usage: daqkd <command> [arguments]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, (_, what, _) in COMMANDS.items()]
+    lines += ["", "daqkd <command> --help says a command's own arguments; each is also python -m daqkd.<module>.",
+              "daqkd key=value ... is daqkd run key=value ...; daqkd --version prints the version and commit.", "", "examples:"]
+    lines += [f"  {COMMANDS[name][2]}" for name in ("run", "score", "report", "export")]
     return "\n".join(lines)
 
 
@@ -46,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        return 0
     if "=" in argv[0] or argv[0] in ("-m", "--multirun", "-c", "--cfg", "--info"):
         argv = ["run", *argv]  # Hydra overrides or flags: the run command, as `daqkd` was before it had subcommands
     name, rest = argv[0], argv[1:]

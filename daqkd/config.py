@@ -14,16 +14,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from daqkd import schema
 from daqkd.augment import build_augmentation
 from daqkd.augment.registry import PAPER_POOL, REFERENCE_POOL
-from daqkd.errors import ConfigError, check_keys
+from daqkd.errors import ConfigError, check_keys, nearest
 from daqkd.registry import AUGMENTS, list_augments, list_models
 
 
-def _pool(name: str) -> list[str]:
-    """``${daqkd.pool:paper}``: a pool of candidate DAs, from the one list in daqkd/augment/registry.py."""
+def _pool(name: str) -> ListConfig:
+    """``${daqkd.pool:paper}``: a pool of candidate DAs, from the one list in daqkd/augment/registry.py
+    (a ListConfig, which OmegaConf can store when a config is resolved: ``--cfg job --resolve``)."""
     pools = {"paper": PAPER_POOL, "reference16": REFERENCE_POOL}
     if name not in pools:
         raise ConfigError(f"unknown pool {name!r}; available: {', '.join(pools)}")
-    return list(pools[name])
+    return ListConfig(list(pools[name]))
 
 
 def _sweep(*parts) -> str:
@@ -125,7 +126,8 @@ def _target_blocks(node: Any, path: str):
 
 
 def check_target_blocks(cfg: DictConfig) -> None:
-    """Every `_target_` block names keys its target takes (a misspelt key fails here, not hours in)."""
+    """Every `_target_` block names keys its target takes, each with a value of the type the target's
+    signature declares (a misspelt key or a word where a number goes fails here, not hours in)."""
     for path, block in _target_blocks(cfg, ""):
         try:
             target = get_object(str(block._target_))
@@ -133,6 +135,127 @@ def check_target_blocks(cfg: DictConfig) -> None:
             raise ConfigError(f"{path}._target_={block._target_} cannot be imported ({e}); check the spelling") from e
         given = [str(k) for k in block if k not in _HYDRA_KEYS]
         check_keys(given, target, path)
+        check_target_types(block, target, path)
+
+
+def _signature_types(target) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(annotations, defaults) of a target's parameters (a class: its constructor); annotations that
+    cannot be resolved are left out (nothing is checked against them)."""
+    import inspect
+    import typing
+
+    fn = target.__init__ if isinstance(target, type) else target
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return hints, {}
+    return hints, {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def _fits(value: Any, tp: Any) -> bool | None:
+    """Whether a config value can be what annotation ``tp`` declares: True, False, or None where an
+    annotation names a class that a config value cannot be checked against (the target converts)."""
+    import types
+    import typing
+    from collections import abc
+
+    if tp is Any or tp is object:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        fits = [_fits(value, a) for a in typing.get_args(tp)]
+        return True if any(f is True for f in fits) else (None if any(f is None for f in fits) else False)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if value is None:
+        return False
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, abc.Sequence, abc.MutableSequence) or tp in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin in (dict, abc.Mapping, abc.MutableMapping) or tp is dict:
+        return isinstance(value, (dict, DictConfig))
+    return None
+
+
+def _words(tp: Any) -> str:
+    import typing
+
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) else (tp,)
+    return " or ".join(dict.fromkeys(names.get(a, getattr(a, "__name__", str(a))) for a in args))
+
+
+def check_target_types(block: DictConfig, target, path: str) -> None:
+    """A ConfigError for a key of a `_target_` block whose value cannot be what the target's signature
+    declares (``trainer.log_every_n_steps=abc``): the key, the value, the type and an example."""
+    hints, defaults = _signature_types(target)
+    for key in block:
+        key = str(key)
+        if key in _HYDRA_KEYS or key not in hints:
+            continue
+        try:
+            value = block[key]
+        except Exception:  # an interpolation only Hydra's run resolves (${hydra:...})
+            continue
+        if isinstance(value, (DictConfig, ListConfig)) and "_target_" in (value if isinstance(value, DictConfig) else {}):
+            continue
+        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+        if _fits(plain, hints[key]) is False:
+            default = defaults.get(key)
+            example = f", e.g. {path}.{key}={default}" if default is not None and not callable(default) else ""
+            raise ConfigError(f"{path}.{key}={plain!r} is not allowed: {getattr(target, '__qualname__', target)} takes "
+                              f"{_words(hints[key])} there{example}")
+
+
+# Where a key added with + may land besides a declared key or a `_target_` block: keyword arguments
+# checked by their own owners (a DA's parameters, a data source's options) and Hydra's own settings.
+ADDABLE = ("augment.params.", "dataset.datamodule.augment_params.", "dataset.datamodule.source_options.", "hydra.", "callbacks.",
+           "logger.")
+
+
+def check_added_keys(cfg: DictConfig, keys: list[str]) -> None:
+    """A ConfigError for a key added with ``+key=value`` that nothing reads: not declared in
+    daqkd.schema, not in a `_target_` block (whose keys check_target_blocks checks against its
+    target), not in ADDABLE. Names the key and the nearest declared one."""
+    known = {k for k, _, _ in schema.declared()}
+    for key in keys:
+        if key in known or any(key.startswith(p) for p in ADDABLE):
+            continue
+        parts = key.split(".")
+        if any(isinstance(OmegaConf.select(cfg, ".".join(parts[:i]), default=None), DictConfig)
+               and "_target_" in OmegaConf.select(cfg, ".".join(parts[:i])) for i in range(1, len(parts))):
+            continue
+        leaves = (known | set(_leaf_keys(cfg, ""))) - {key}
+        near = nearest(key, leaves)
+        hint = f"did you mean {near}? " if near else ""
+        raise ConfigError(f"+{key}: no part of daqkd reads {key} (it is not a config key, and {'.'.join(parts[:-1]) or 'the top level'} "
+                          f"passes no keyword arguments on); {hint}a key that exists is set without +")
+
+
+def _leaf_keys(node: Any, path: str):
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(child, DictConfig):
+                yield from _leaf_keys(child, where)
+            else:
+                yield where
 
 
 def check_augmentation(key: str, name: str, num_classes: int, params) -> None:
@@ -195,8 +318,10 @@ _CONFIG_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path",
 
 def check_command_line(argv: list[str], config_name: str = "config") -> None:
     """What Hydra would reject, or fail on only once the job runs, as one ConfigError before Hydra
-    starts: an option a config group does not have (every value of a sweep is checked), an override
-    Hydra cannot apply, a mandatory key left unset, an output folder that cannot be written."""
+    starts (so a refused run leaves no folder): an option a config group does not have (every value
+    of a sweep is checked), an override Hydra cannot apply, a key added with + that nothing reads, a
+    mandatory key left unset, an output folder that cannot be written, and every check of
+    validate_config on the config of the first value of each sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.split("=")[0] in _INFO_FLAGS + _CONFIG_FLAGS for a in argv):
@@ -206,10 +331,12 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception as e:
         raise ConfigError(f"cannot read the command line ({str(e).splitlines()[0]}); overrides look like key=value or group=option") from e
-    single = []
+    single, added = [], []
     for o in parsed:
         key = o.get_key_element()
         group = key.lstrip("+~")
+        if key.startswith("+") and not group_options(group):
+            added.append(group)
         values = None
         if o.is_sweep_override():
             try:
@@ -230,11 +357,16 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
                 single.append(f"{key}={values[0]}")
         else:
             single.append(o.input_line)
+    if not any(o.split("=")[0].lstrip("+") == "paths.output_dir" for o in single):
+        single.append("paths.output_dir=" + tempfile.gettempdir() + "/daqkd-not-written")  # Hydra's own run folder is not known yet
     try:
         cfg = compose_config(single, config_name)
     except Exception as e:
         raise ConfigError(" ".join(str(e).split())) from e
     check_mandatory(cfg)
+    check_added_keys(cfg, added)
+    if not any(o.split("=")[0] == "ckpt_path" for o in single):  # a resume runs with its run's own config, checked then
+        validate_config(cfg)
 
 
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:

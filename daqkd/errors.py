@@ -55,15 +55,22 @@ def unknown_keys(given, fn, exclude=()) -> tuple[list[str], list[str]]:
     return ([] if open_ended else [k for k in given if k not in names]), names
 
 
+def nearest(word: str, options) -> str | None:
+    """The option closest to ``word`` in spelling, if any is close (difflib's ratio ≥ 0.6)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def check_keys(given, fn, where: str) -> None:
-    """A ConfigError when ``given`` holds a key that ``fn`` does not take, naming the allowed keys
-    (every ``_target_`` block; the data sources' options use ``unknown_keys`` with their own words)."""
+    """A ConfigError when ``given`` holds a key that ``fn`` does not take, naming the nearest key it
+    takes (every ``_target_`` block; the data sources' options use ``unknown_keys`` with their own words)."""
     unknown, names = unknown_keys(given, fn)
     if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]} is not a parameter of {getattr(fn, '__qualname__', fn)}; allowed keys: "
-            f"{', '.join(names) or '(none)'}. Fix the spelling, e.g. {where}.{names[0] if names else '...'}=..."
-        )
+        near = nearest(unknown[0], names)
+        which = f"did you mean {where}.{near}?" if near else f"its keys: {', '.join(names) or '(none)'}"
+        raise ConfigError(f"{where}.{unknown[0]} is not a parameter of {getattr(fn, '__qualname__', fn)}; {which}")
 
 
 def user_error(error: BaseException) -> DaqkdError | None:

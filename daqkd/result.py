@@ -62,8 +62,9 @@ class RunResult:
     compile: dict[str, Any] | None = None
     threads: dict[str, Any] | None = None
     config_composed: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None  # a failed job's error and traceback
+    error: str | None = None  # a failed job's error and traceback, and the command that resumes it
     traceback: str | None = None
+    resume: str | None = None
     path: str | None = field(default=None, compare=False)  # where it was read from (not written)
 
     @property

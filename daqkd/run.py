@@ -40,7 +40,7 @@ from daqkd.metric.callback import DAMetricCallback
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
 from daqkd.quant import summary
 from daqkd.result import RunResult, StudentResult, TeacherResult
-from daqkd.rundir import keep_original, relaunch, resume_or_start
+from daqkd.rundir import discard_refused, keep_original, original_dir, relaunch, resume_or_start
 from daqkd.torchutil import set_threads, usable_cores
 
 REFUSED_DIR = ".daqkd-refused"  # in a sweep folder: one empty file per job refused in a launch (SweepOutcome counts them)
@@ -149,24 +149,51 @@ def student_bits(cfg: DictConfig) -> tuple[int, int]:
     return w, a
 
 
+def resume_command(cfg: DictConfig) -> str:
+    return f"python -m daqkd.run hydra.run.dir={cfg.paths.output_dir} ckpt_path=last"
+
+
 def record_failure(cfg: DictConfig, error: BaseException) -> None:
-    """A failed job's results.json: status "failed", the error and its traceback, and the config, so
-    a sweep's report can count it and leave it out."""
+    """A failed run's results.json: status "failed", the error and its traceback, how to resume it,
+    and the config, so the report counts it as failed (not missing) and leaves it out."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     RunResult(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
-              config=OmegaConf.to_container(cfg, resolve=False)).write(output_dir / "results.json")
+              resume=resume_command(cfg), config=OmegaConf.to_container(cfg, resolve=False)).write(output_dir / "results.json")
+
+
+def run_once(cfg: DictConfig) -> RunResult:
+    """A single run (not a sweep job): refused before anything ran, it leaves no folder it made;
+    failing after that, its results.json says so, why, and how to resume."""
+    folder = Path(cfg.paths.output_dir)
+    try:
+        cfg = resume_or_start(cfg)
+        return train(cfg)
+    except ConfigError:
+        discard_refused(folder)
+        raise
+    except Exception as e:
+        if original_dir(folder).is_dir():  # the config was valid and the run started: a crash, recorded
+            record_failure(cfg, e)
+            log.error("the run failed (%s: %s); recorded in %s/results.json. Resume with: %s", type(e).__name__, e, folder,
+                      resume_command(cfg))
+        else:
+            discard_refused(folder)
+        raise
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         with reported_as_one_line():
-            return train(resume_or_start(cfg)).student.test_acc  # the sweep objective
+            return run_once(cfg).student.test_acc  # the sweep objective
     job = HydraConfig.get().job.num
     try:
         done = relaunch(cfg)
+        if done is None:
+            validate_config(cfg)
     except ConfigError as e:  # refused before anything ran: nothing is recorded over the folder's run
+        discard_refused(Path(cfg.paths.output_dir))
         log.error("job %s refused: %s", job, e)
         marks = Path(HydraConfig.get().sweep.dir) / REFUSED_DIR
         marks.mkdir(parents=True, exist_ok=True)

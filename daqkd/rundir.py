@@ -154,3 +154,25 @@ def resume_or_start(cfg: DictConfig) -> DictConfig:
     with open_dict(asked):
         asked.ckpt_path = cfg.ckpt_path
     return asked
+
+
+# What Hydra writes into a run folder before daqkd's code runs: a folder holding nothing else was made
+# by this launch alone (an earlier launch's folder holds .hydra/original, a results.json or checkpoints).
+_HYDRA_ONLY = {".hydra", "run.log", "train.log", "score.log", "teacher.log"}
+
+
+def discard_refused(folder: Path) -> bool:
+    """Remove a run folder that a refused launch left: only ``.hydra`` (without ``original``) and an
+    empty or log-only ``*.log``, so no file of an earlier launch or of the user's goes. Returns whether
+    it was removed."""
+    folder = Path(folder)
+    if not folder.is_dir() or holds_a_run(folder) or original_dir(folder).exists():
+        return False
+    entries = list(folder.iterdir())
+    if any(e.name not in _HYDRA_ONLY and not (e.is_file() and e.suffix == ".log") for e in entries):
+        return False
+    hydra = folder / ".hydra"
+    if hydra.is_dir() and any(p.name not in HYDRA_FILES for p in hydra.iterdir()):
+        return False
+    shutil.rmtree(folder)
+    return True

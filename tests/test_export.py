@@ -265,6 +265,8 @@ def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path, capsys):
         row = next(line for line in printed.splitlines() if line.startswith(f"| {form} |"))
         assert float(row.split("|")[4].replace(",", "")) > 0  # its throughput, measured
     assert report["bench"]["student_int8"]["throughput_b64_img_s"] > 0
+    assert report["bench"]["student_int8"]["size_bytes"] == (out / "export" / "student_int8.onnx").stat().st_size  # bytes, named so
+    check_onnx_contract(out / "export", report)
     # A copied run exports its own checkpoint into itself; the original is not touched.
     import shutil
 
@@ -497,3 +499,51 @@ def test_the_ort_bias_rounding_reproduction_runs(capsys):
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ort_bias_rounding.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "optimizations off vs by hand: 0 of 256 outputs differ" in out and "optimizations on  vs by hand:" in out
+
+
+def readme_onnx_example() -> str:
+    """The README's ten-line example of using student_int8.onnx without daqkd (after its marker)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- onnx-example -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) <= 10
+    return block
+
+
+def check_onnx_contract(folder, report):
+    """What a receiver of the exported files sees: the input and output names, the metadata (read back
+    with onnx), and the README's example, which applies the normalisation from the metadata to raw
+    uint8 images and gets the predictions daqkd's own test loader gets from the same file."""
+    import re
+
+    import numpy as np
+    import onnx
+
+    from daqkd.config import compose_config
+    from daqkd.data import ImageDataModule  # noqa: F401
+    from daqkd.export.contract import read
+    from daqkd.export.runtime import onnx_session
+
+    for name in ("student.onnx", "student_int8.onnx", "teacher_fp.onnx"):
+        model = onnx.load(str(folder / name))
+        assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"], name
+        meta = read(folder / name)
+        assert meta["daqkd.classes"][:2] == ["T-shirt/top", "Trouser"] and len(meta["daqkd.classes"]) == 10
+        assert meta["daqkd.mean"] == [pytest.approx(0.2860)] and meta["daqkd.std"] == [pytest.approx(0.3530)]
+        assert (meta["daqkd.layout"], meta["daqkd.in_channels"], meta["daqkd.image_size"]) == ("NCHW", "1", "28")
+        assert meta["daqkd.version"] and meta["daqkd.commit"] and "normalised" in meta["daqkd.input"]
+    meta = read(folder / "student_int8.onnx")
+    assert (meta["daqkd.bits_w"], meta["daqkd.bits_a"], meta["daqkd.quantizer"]) == ("4", "4", "ewgs")
+    assert read(folder / "teacher_fp.onnx")["daqkd.bits_w"] == "32"
+    # The README's example on the first 64 raw test images, against the loader's normalised images through the same file.
+    cfg = compose_config(["debug=fast", "paths.output_dir=/tmp/x"])
+    dm = build.build_datamodule(cfg)
+    dm.setup("test")
+    raw = dm.test_set.images[dm.test_idx[:64]].numpy()
+    code = re.sub(r"\nimages = .*\n", "\nimages = RAW\n", readme_onnx_example()).replace(
+        "outputs/train/<date_time>/export/student_int8.onnx", str(folder / "student_int8.onnx"))
+    scope = {"RAW": raw, "print": lambda *a: None}
+    exec(code, scope)
+    x = torch.cat([xb for xb, _ in dm.test_dataloader()])[:64].numpy()
+    assert np.array_equal(scope["x"], x)  # the same float32 input, bit for bit: (uint8 · (1/255) − mean) / std
+    expected = onnx_session(folder / "student_int8.onnx").run(["logits"], {"image": x})[0]
+    assert np.array_equal(scope["logits"], expected)

@@ -117,6 +117,13 @@ class ImageDataModule(L.LightningDataModule):
             self.name, len(self.train_idx), len(self.val_idx), len(self.test_idx), shape,
         )
 
+    @property
+    def class_names(self) -> list[str]:
+        """The class names in label order (the data set's own where its files name them, else "0", "1", ...)."""
+        self.setup()
+        names = getattr(self.train_set, "classes", None)
+        return list(names) if names and len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+
     def validation_count(self, n_train: int) -> int:
         """``val_size`` as an image count: a count, or a fraction of the training split."""
         n_val = round(self.val_size * n_train) if isinstance(self.val_size, float) else int(self.val_size)

@@ -58,6 +58,7 @@ class ImageFiles:
             raise LayoutError("no readable images found")
         self.paths, self.size = paths, size
         self.targets = torch.tensor(targets, dtype=torch.int64)
+        self.classes: list[str] | None = None  # the class names, label order (set by the reader)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -187,7 +188,10 @@ def load_tiny_imagenet(root: Path, download: bool = False, image_size: int = 64,
             raise LayoutError(f"{ann}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid from wnids.txt, got {line!r}")
         val_paths.append(base / "val" / "images" / parts[0])
         val_targets.append(index[parts[1]])
-    return (ImageFiles(train_paths, train_targets, image_size, verify), ImageFiles(val_paths, val_targets, image_size, verify))
+    sets = (ImageFiles(train_paths, train_targets, image_size, verify), ImageFiles(val_paths, val_targets, image_size, verify))
+    for s in sets:
+        s.classes = list(wnids)
+    return sets
 
 
 # --------------------------------------------------------------------------- ImageFolder
@@ -230,9 +234,15 @@ def load_image_folder(root: Path, download: bool = False, folder: str | None = N
         if extra:
             raise LayoutError(f"ImageFolder: {base / 'val'} has classes missing from train: {extra}")
         vp, vt = scan(base / "val")
-        return ImageFiles(paths, targets, image_size, verify, channels), ImageFiles(vp, vt, image_size, verify, channels)
+        return _named((ImageFiles(paths, targets, image_size, verify, channels), ImageFiles(vp, vt, image_size, verify, channels)), classes)
     if not 0 < test_fraction < 1:
         raise LayoutError(f"ImageFolder: no {base / 'val'} and test_fraction={test_fraction}; give a fraction in (0, 1)")
     keep, held = split_indices(torch.tensor(targets), max(len(classes), int(round(test_fraction * len(paths)))), seed)
     pick = lambda idx: ([paths[i] for i in idx.tolist()], [targets[i] for i in idx.tolist()])  # noqa: E731
-    return ImageFiles(*pick(keep), image_size, verify, channels), ImageFiles(*pick(held), image_size, verify, channels)
+    return _named((ImageFiles(*pick(keep), image_size, verify, channels), ImageFiles(*pick(held), image_size, verify, channels)), classes)
+
+
+def _named(sets: tuple, classes: list[str]) -> tuple:
+    for s in sets:
+        s.classes = list(classes)
+    return sets

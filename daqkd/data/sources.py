@@ -54,6 +54,7 @@ class ImageSet:
 
     images: torch.Tensor
     targets: torch.Tensor
+    classes: list[str] | None = None  # the class names, label order (None: not known)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -141,12 +142,16 @@ def load_fashion_mnist(root: Path, download: bool = False, search_dirs: Sequence
     for split, (img_stem, lbl_stem) in FASHION_MNIST_FILES.items():
         images = read_idx(found[img_stem])
         labels = read_idx(found[lbl_stem])
-        out[split] = ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+        out[split] = ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                              list(FASHION_MNIST_CLASSES))
     log.info("Fashion-MNIST from %s", found[FASHION_MNIST_FILES["train"][0]].parent)
     return out["train"], out["test"]
 
 
 # --------------------------------------------------------------------------- CIFAR (python pickle batches)
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 CIFAR_LAYOUTS = {
     # name: (folder, training batch files, test batch files, label key, torchvision class)
@@ -188,7 +193,20 @@ def _load_cifar(name: str, root: Path, download: bool = False):
             f"machine with a network, or put the official python version ('{folder}/' with {', '.join(expected)}) "
             f"under {root} (set paths.data_dir to move it)."
         )
-    return read_cifar_batches(path, train_files, key), read_cifar_batches(path, test_files, key)
+    train, test = read_cifar_batches(path, train_files, key), read_cifar_batches(path, test_files, key)
+    train.classes = test.classes = cifar_classes(name, path)
+    return train, test
+
+
+def cifar_classes(name: str, path: Path) -> list[str] | None:
+    """CIFAR-10's class names; CIFAR-100's from its ``meta`` file (fine_label_names), if it is there."""
+    if name == "cifar10":
+        return list(CIFAR10_CLASSES)
+    try:
+        with open(path / "meta", "rb") as f:
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+    except (OSError, KeyError, pickle.UnpicklingError, EOFError, TypeError):
+        return None
 
 
 @register_source("cifar10")

@@ -17,6 +17,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from daqkd.errors import CheckpointError, ExportError, reported_as_one_line
+from daqkd.export.contract import metadata, stamp
 from daqkd.export.int8 import export_int8_onnx, fused_ops
 from daqkd.export.qdq import export_onnx
 from daqkd.export.runtime import compare_bench, onnx_session, predictions
@@ -115,6 +116,8 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
     shape = (dm.in_channels, dm.image_size, dm.image_size)
     loader = dm.test_dataloader()
     reference = predictions(student, loader)
+    props = dict(dataset=cfg.dataset.name, model=cfg.model.name, quantizer=cfg.quantizer.name, bits_w=cfg.bits.w, bits_a=cfg.bits.a,
+                 mean=dm.mean, std=dm.std, in_channels=dm.in_channels, image_size=dm.image_size, classes=dm.class_names)
     report = {"checkpoint": str(ckpt), "bits_w": cfg.bits.w, "bits_a": cfg.bits.a, "quantizer": cfg.quantizer.name, **info,
               "test_images": len(reference)}
     report["agreement_frozen"] = share_equal(predictions(frozen, loader), reference)
@@ -123,6 +126,7 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
     report["files"] = {"frozen": str(out / "student_int.pt"), "weights": str(out / "student_weights.npz")}
     if onnx:
         export_onnx(frozen, out / "student.onnx", shape)
+        stamp(out / "student.onnx", metadata(**props, form="exact (QDQ)"))
         report["files"]["onnx"] = str(out / "student.onnx")
         for key, fused in (("agreement_onnx", False), ("agreement_onnx_fused", True)):
             report[key] = share_equal(predictions(onnx_session(out / "student.onnx", fused), loader), reference)
@@ -131,6 +135,7 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         except ExportError as e:
             report["int8"] = {"skipped": str(e)}
         else:
+            stamp(out / "student_int8.onnx", metadata(**props, form="integer kernels (int8)"))
             report["files"]["int8"] = int8["path"]
             labels = torch.cat([y for _, y in loader])
             int8_preds = predictions(onnx_session(out / "student_int8.onnx", fused=True), loader)
@@ -139,6 +144,7 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
                               "test_acc": share_equal(int8_preds, labels), "student_test_acc": share_equal(reference, labels)}
     if bench and onnx:  # only the forms this export wrote (main refuses --bench with --no-onnx)
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
+        stamp(out / "teacher_fp.onnx", metadata(**{**props, "quantizer": "fp", "bits_w": 32, "bits_a": 32}, form="FP teacher"))
         report["files"]["teacher_onnx"] = str(out / "teacher_fp.onnx")
         forms = {"teacher_fp": (out / "teacher_fp.onnx", False), "student": (out / "student.onnx", False),
                  "student_fused": (out / "student.onnx", True)}
@@ -195,7 +201,7 @@ def summary(report: dict) -> str:
         for key, name in names.items():
             if key in bench:
                 r = bench[key]
-                lines.append(f"| {name} | {r['size_mb'] * 2**20 / 1e6:.2f} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:,.0f} | "
+                lines.append(f"| {name} | {r['size_bytes'] / 1e6:.2f} | {r['latency_b1_ms']:.2f} | {r['throughput_b64_img_s']:,.0f} | "
                              f"{r['throughput_b64_img_s'] / fp['throughput_b64_img_s']:.2f} |")
     lines.append(f"details: {Path(files['frozen']).parent / 'export.json'}")
     return "\n".join(lines)

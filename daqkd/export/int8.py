@@ -388,8 +388,9 @@ class Int8Exporter:
         from onnx import TensorProto, helper
 
         self.emit()
+        self.g.nodes.append(helper.make_node("Identity", [self.output], ["logits"], name="logits"))  # the output's public name
         inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", *image_shape])]
-        outputs = [helper.make_tensor_value_info(self.output, TensorProto.FLOAT, ["batch", None])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None])]
         g = helper.make_graph(self.g.nodes, "daqkd_int8", inputs, outputs, self.g.inits)
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = 8

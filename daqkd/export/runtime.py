@@ -82,4 +82,4 @@ def compare_bench(forms: dict[str, tuple[str | Path, bool]], image_shape: tuple[
                 session.run(None, {"image": many})
                 batch[name].append(time.perf_counter() - t)
     return {name: {"latency_b1_ms": 1000 * statistics.median(single[name]), "throughput_b64_img_s": 64 / statistics.median(batch[name]),
-                   "size_mb": Path(path).stat().st_size / 2**20} for name, (path, _) in forms.items()}
+                   "size_bytes": Path(path).stat().st_size} for name, (path, _) in forms.items()}
