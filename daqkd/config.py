@@ -316,12 +316,13 @@ _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "-
 _CONFIG_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun")
 
 
-def check_command_line(argv: list[str], config_name: str = "config") -> None:
+def check_command_line(argv: list[str], config_name: str = "config", validate: bool = True) -> None:
     """What Hydra would reject, or fail on only once the job runs, as one ConfigError before Hydra
     starts (so a refused run leaves no folder): an option a config group does not have (every value
     of a sweep is checked), an override Hydra cannot apply, a key added with + that nothing reads, a
     mandatory key left unset, an output folder that cannot be written, and every check of
-    validate_config on the config of the first value of each sweep."""
+    validate_config on the config of the first value of each sweep (unless ``validate`` is False: a
+    command that computes what the checks would hold it to, ``python -m daqkd.stats``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.split("=")[0] in _INFO_FLAGS + _CONFIG_FLAGS for a in argv):
@@ -365,7 +366,7 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
         raise ConfigError(" ".join(str(e).split())) from e
     check_mandatory(cfg)
     check_added_keys(cfg, added)
-    if not any(o.split("=")[0] == "ckpt_path" for o in single):  # a resume runs with its run's own config, checked then
+    if validate and not any(o.split("=")[0] == "ckpt_path" for o in single):  # a resume runs with its run's own config, checked then
         validate_config(cfg)
 
 

@@ -34,7 +34,8 @@ from daqkd.build import (
 )
 from daqkd.compile import AutoCompile
 from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
-from daqkd.errors import ConfigError, Preempted, reported_as_one_line
+from daqkd.distributed import SpawnedRankTeardown
+from daqkd.errors import ConfigError, DaqkdError, Preempted, reported_as_one_line
 from daqkd.io import CheckpointOnSigterm
 from daqkd.metric.callback import DAMetricCallback
 from daqkd.provenance import peak_rss_mb, provenance, sha256_file
@@ -88,7 +89,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunRes
     # Fit: DAMetricCallback installs the DA (rank 0's, broadcast) before Lightning builds a loader.
     selector = DAMetricCallback(selection, log_scores=resume_from is None)
     preemption = CheckpointOnSigterm(cfg.callbacks.model_checkpoint.dirpath)
-    trainer = build_trainer(cfg, [selector, preemption, *build_callbacks(cfg), *extra_callbacks])
+    trainer = build_trainer(cfg, [selector, preemption, SpawnedRankTeardown(), *build_callbacks(cfg), *extra_callbacks])
     clock = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -163,22 +164,23 @@ def record_failure(cfg: DictConfig, error: BaseException) -> None:
 
 
 def run_once(cfg: DictConfig) -> RunResult:
-    """A single run (not a sweep job): refused before anything ran, it leaves no folder it made;
-    failing after that, its results.json says so, why, and how to resume."""
+    """A single run (not a sweep job). Refused (a config value, a damaged file, missing data: a
+    DaqkdError) it leaves no folder it made and nothing in a folder it did not; failing otherwise
+    after it started (a crash, a pre-emption), its results.json says so, why, and how to resume."""
     folder = Path(cfg.paths.output_dir)
+    started_before = original_dir(folder).is_dir()  # an earlier launch's run: never removed
     try:
         cfg = resume_or_start(cfg)
         return train(cfg)
-    except ConfigError:
-        discard_refused(folder)
-        raise
     except Exception as e:
-        if original_dir(folder).is_dir():  # the config was valid and the run started: a crash, recorded
+        user_error = isinstance(e, DaqkdError) and not isinstance(e, Preempted)
+        if user_error or not original_dir(folder).is_dir():
+            if not started_before:
+                discard_refused(folder, this_launch=True)
+        else:
             record_failure(cfg, e)
             log.error("the run failed (%s: %s); recorded in %s/results.json. Resume with: %s", type(e).__name__, e, folder,
                       resume_command(cfg))
-        else:
-            discard_refused(folder)
         raise
 
 

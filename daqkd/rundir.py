@@ -161,18 +161,24 @@ def resume_or_start(cfg: DictConfig) -> DictConfig:
 _HYDRA_ONLY = {".hydra", "run.log", "train.log", "score.log", "teacher.log"}
 
 
-def discard_refused(folder: Path) -> bool:
-    """Remove a run folder that a refused launch left: only ``.hydra`` (without ``original``) and an
-    empty or log-only ``*.log``, so no file of an earlier launch or of the user's goes. Returns whether
-    it was removed."""
+def discard_refused(folder: Path, this_launch: bool = False) -> bool:
+    """Remove a run folder that a refused launch left: only Hydra's ``.hydra`` files and ``*.log``
+    files, and with ``this_launch`` (the caller knows no earlier launch made the run) the copy of
+    them this launch kept (``.hydra/original``), so no file of an earlier launch or of the user's goes.
+    Returns whether it was removed."""
     folder = Path(folder)
-    if not folder.is_dir() or holds_a_run(folder) or original_dir(folder).exists():
+    if not folder.is_dir() or (folder / "results.json").exists() or any((folder / "checkpoints").glob("*.ckpt")):
+        return False
+    if original_dir(folder).exists() and not this_launch:
         return False
     entries = list(folder.iterdir())
     if any(e.name not in _HYDRA_ONLY and not (e.is_file() and e.suffix == ".log") for e in entries):
         return False
     hydra = folder / ".hydra"
-    if hydra.is_dir() and any(p.name not in HYDRA_FILES for p in hydra.iterdir()):
+    allowed = set(HYDRA_FILES) | ({"original"} if this_launch else set())
+    if hydra.is_dir() and any(p.name not in allowed for p in hydra.iterdir()):
+        return False
+    if (original_dir(folder)).is_dir() and any(p.name not in HYDRA_FILES for p in original_dir(folder).iterdir()):
         return False
     shutil.rmtree(folder)
     return True

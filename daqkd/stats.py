@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
         return 0
     overrides = [*argv, "paths.output_dir=."]
     with reported_as_one_line():
-        check_command_line(overrides)  # the overrides of python -m daqkd.run, checked the same way
+        check_command_line(overrides, validate=False)  # the overrides of python -m daqkd.run (the mean and std are what this computes)
         cfg = compose_config(overrides)
         # The statistics are what this computes: the config's own (maybe for another channel count) are not needed.
         c = cfg.dataset.in_channels

@@ -53,3 +53,4 @@ def set_threads(setting: int | str | None, loader_workers: int) -> int:
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:
     """Integer labels [B] from integer labels [B] or soft labels [B, C] (their argmax)."""
     return targets.argmax(1) if targets.ndim == 2 else targets
+

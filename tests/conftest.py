@@ -65,10 +65,30 @@ def entry_point(monkeypatch, capfd):
     return run
 
 
+# A run of the whole pipeline at the least size that still exercises every stage: two training steps,
+# one validation batch, 64 test images, 20 images scored per DA, no student passes in the scoring.
+TINY = ["debug=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64",
+        "metric.num_samples=20", "metric.batch_size=10", "metric.chunk=10", "metric.score_student=false"]
+
+
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory):
-    """One teacher cache for the whole session, so the smoke teacher is trained once."""
-    return tmp_path_factory.mktemp("teacher-cache")
+    """One teacher cache for the whole session, shared by the xdist workers (the cache's file lock lets
+    one train a teacher while the others wait), so the smoke teacher is trained once."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "teacher-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def subprocess_env(tmp_path, teacher_cache):
+    """The environment of a ``python -m daqkd...`` subprocess run from ``tmp_path``: its own root, the
+    session's teacher cache (tests of the cache itself leave DAQKD_CACHE out), no traceback flags."""
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path), "DAQKD_CACHE": str(teacher_cache)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("DAQKD_TRACEBACK", None)
+    return env
 
 
 @pytest.fixture

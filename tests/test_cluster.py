@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 pytestmark = pytest.mark.slow
 
 
 def sweep(tmp_path, *args, env=None, timeout=600):
+    """A sweep of TINY runs from ``tmp_path`` (``env`` decides the teacher cache: DAQKD_ROOT's own unless given)."""
     env = {**os.environ, "DAQKD_ROOT": str(tmp_path), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "daqkd.run", "-m", "debug=fast", *args], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "daqkd.run", "-m", *TINY, *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -47,7 +49,8 @@ def test_slurm_sweep_is_one_array_that_requeues(tmp_path):
 
 
 def test_local_sweep_runs_in_parallel_and_trains_the_teacher_once(tmp_path):
-    p = sweep(tmp_path, "cluster=local", "augment=minimal,cutmix", "metric.score_fixed=false")
+    # An empty cache of its own (the test is about it); a teacher of two steps.
+    p = sweep(tmp_path, "cluster=local", "augment=minimal,cutmix", "metric.score_fixed=false", "teacher.limit_train_batches=2")
     assert p.returncode == 0, p.stderr[-3000:]
     results = [json.loads(f.read_text()) for f in sorted((tmp_path / "multirun").rglob("results.json"))]
     assert len(results) == 2 and {r["selected_augment"] for r in results} == {"minimal", "cutmix"}
@@ -59,22 +62,22 @@ def test_local_sweep_runs_in_parallel_and_trains_the_teacher_once(tmp_path):
     assert len(list(Path(tmp_path / ".cache" / "teachers").glob("*.pt"))) == 1
 
 
-def test_joblib_sweep_starts_loader_workers(tmp_path):
+def test_joblib_sweep_starts_loader_workers(tmp_path, subprocess_env):
     # loky's job processes install a default start method that cannot start a DataLoader's workers
     # ('Process' object has no attribute 'env'): every job of a joblib sweep with workers failed.
-    p = sweep(tmp_path, "cluster=joblib", "augment=minimal,cutmix", "dataset.datamodule.num_workers=1", "metric.score_student=false")
+    p = sweep(tmp_path, "cluster=joblib", "augment=minimal,cutmix", "dataset.datamodule.num_workers=1", env=subprocess_env)
     assert p.returncode == 0, p.stderr[-3000:]
     results = [json.loads(f.read_text()) for f in sorted((tmp_path / "multirun").rglob("results.json"))]
     assert [r["status"] for r in results] == ["ok", "ok"], [r.get("error") for r in results]
 
 
-def test_a_killed_sweep_relaunched_goes_on_where_it_stopped(tmp_path):
+def test_a_killed_sweep_relaunched_goes_on_where_it_stopped(tmp_path, subprocess_env):
     import signal
     import time
 
-    args = ["augment=minimal,cutmix,augmix", f"hydra.sweep.dir={tmp_path / 'sw'}", "metric.score_student=false"]
-    env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "daqkd.run", "-m", "debug=fast", *args], cwd=tmp_path, env=env,
+    args = ["augment=minimal,cutmix,augmix", f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    env = subprocess_env
+    proc = subprocess.Popen([sys.executable, "-m", "daqkd.run", "-m", *TINY, *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = tmp_path / "sw" / "0" / "results.json"
     deadline = time.monotonic() + 300
@@ -85,7 +88,7 @@ def test_a_killed_sweep_relaunched_goes_on_where_it_stopped(tmp_path):
     assert json.loads(first.read_text())["status"] == "ok"
     assert not (tmp_path / "sw" / "2" / "results.json").exists()
     stamp = first.stat().st_mtime_ns
-    p = sweep(tmp_path, *args)
+    p = sweep(tmp_path, *args, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "job 0: finished before" in p.stderr + p.stdout
     assert first.stat().st_mtime_ns == stamp  # the finished job was not run again
@@ -93,7 +96,7 @@ def test_a_killed_sweep_relaunched_goes_on_where_it_stopped(tmp_path):
     assert [r["selected_augment"] for r in results] == ["minimal", "cutmix", "augmix"]
     assert all(r["status"] == "ok" for r in results)
     # Another config into the same folders is refused, job by job, and nothing finished is rewritten.
-    p = sweep(tmp_path, *args, "kd.alpha=1.0")
+    p = sweep(tmp_path, *args, "kd.alpha=1.0", env=env)
     assert first.stat().st_mtime_ns == stamp
     assert "holds a run of another config (differs in kd.alpha)" in p.stderr + p.stdout
     assert (tmp_path / "sw" / "0" / ".hydra" / "config.yaml").read_text() == \

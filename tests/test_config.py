@@ -57,9 +57,9 @@ def test_mixed_bits_and_rejected_bits(make_cfg):
         ("dataset.in_channels=3", r"dataset.in_channels=3 does not match dataset.datamodule.mean, which has 1 value.*dataset.in_channels=1"),
         ("+augment.params.augmix.nonsense=1", "nonsense"),
         # A key misspelt in a YAML file (here added with +) is named with the keys its target takes.
-        ("+kd.method.bank_sise=10", r"kd.method.bank_sise is not a parameter of ContrastiveRepresentation; allowed keys: .*bank_size"),
-        ("+trainer.max_epoch=3", r"trainer.max_epoch is not a parameter of Trainer; allowed keys: .*max_epochs"),
-        ("+optim.optimizer.learning_rate=0.1", r"optim.optimizer.learning_rate is not a parameter of Adam; allowed keys: .*lr"),
+        ("+kd.method.bank_sise=10", r"kd.method.bank_sise is not a parameter of ContrastiveRepresentation; did you mean kd.method.bank_size\?"),
+        ("+trainer.max_epoch=3", r"trainer.max_epoch is not a parameter of Trainer; did you mean trainer.max_epochs\?"),
+        ("+optim.optimizer.learning_rate=0.1", r"optim.optimizer.learning_rate is not a parameter of Adam; its keys: .*lr"),
     ],
 )
 def test_bad_values_name_the_problem(make_cfg, override, match):

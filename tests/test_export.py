@@ -256,7 +256,8 @@ def test_export_of_a_run_folder_writes_both_forms(make_cfg, tmp_path, capsys):
     from daqkd.export import main
 
     out = tmp_path / "run"
-    run.train(make_cfg(f"paths.output_dir={out}", "augment=minimal", "bits=4"))
+    run.train(make_cfg(f"paths.output_dir={out}", "augment=minimal", "bits=4", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                       "dataset.datamodule.test_subset=64", "metric.score_fixed=false"))
     main([str(out), "--bench", "--test-subset", "256"])
     report = json.loads((out / "export" / "export.json").read_text())
     printed = capsys.readouterr().out
@@ -545,5 +546,7 @@ def check_onnx_contract(folder, report):
     exec(code, scope)
     x = torch.cat([xb for xb, _ in dm.test_dataloader()])[:64].numpy()
     assert np.array_equal(scope["x"], x)  # the same float32 input, bit for bit: (uint8 · (1/255) − mean) / std
-    expected = onnx_session(folder / "student_int8.onnx").run(["logits"], {"image": x})[0]
-    assert np.array_equal(scope["logits"], expected)
+    # daqkd's own session of the integer form (fused, its thread count): the same predictions (the float
+    # parts, the last layer's sum among them, may add in another order with other threads).
+    expected = onnx_session(folder / "student_int8.onnx", fused=True).run(["logits"], {"image": x})[0]
+    assert (scope["logits"].argmax(1) == expected.argmax(1)).all() and np.allclose(scope["logits"], expected, rtol=1e-5, atol=1e-5)

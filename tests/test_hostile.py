@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from daqkd import build
 
 
 def cli(tmp_path, *args, module="daqkd.run", timeout=300):
-    env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
+    env = {**os.environ, "DAQKD_ROOT": str(tmp_path), "DAQKD_CACHE": str(CACHE[0])}
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("DAQKD_TRACEBACK", None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -43,7 +44,14 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-FAST = ["debug=fast", "metric.score_student=false", "dataset.datamodule.test_subset=128"]
+FAST = TINY
+CACHE = [None]  # the session's teacher cache, for the subprocesses (set by the fixture below)
+
+
+@pytest.fixture(autouse=True)
+def shared_teacher(teacher_cache, monkeypatch):
+    CACHE[0] = teacher_cache
+    monkeypatch.setenv("DAQKD_CACHE", str(teacher_cache))
 
 
 @pytest.mark.slow
@@ -72,7 +80,7 @@ def test_resume_takes_the_runs_own_config_and_refuses_what_contradicts_it(tmp_pa
 def test_sigterm_stops_a_local_sweep_and_says_how_to_go_on(tmp_path):
     sweep = tmp_path / "sw"
     env = {**os.environ, "DAQKD_ROOT": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "daqkd.run", "-m", *FAST, "trainer.max_epochs=20", "augment=minimal,cutmix",
+    proc = subprocess.Popen([sys.executable, "-m", "daqkd.run", "-m", *FAST, "trainer.max_epochs=200", "augment=minimal,cutmix",
                              f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
@@ -89,7 +97,8 @@ def test_sigterm_stops_a_local_sweep_and_says_how_to_go_on(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_whose_jobs_failed_exits_non_zero_with_a_count(tmp_path, entry_point):
-    p = entry_point(tmp_path, "-m", "debug=fast", "augment.pool=[]", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sw'}")
+    # The teacher file is read once a job runs (a valid config): both jobs fail, and the sweep says so.
+    p = entry_point(tmp_path, "-m", *FAST, f"teacher.ckpt={tmp_path}/missing.pt", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sw'}")
     line = one_line(p, "2 sweep job(s) failed and 0 were refused", code=1)
     assert str(tmp_path / "sw") in line
 

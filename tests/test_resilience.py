@@ -12,9 +12,10 @@ import torch
 
 pytestmark = pytest.mark.slow
 
+# Three epochs of four steps: the kill lands inside an epoch after a checkpoint, with a δ estimate per epoch.
 ARGS = ["debug=fast", "trainer.max_epochs=3", "trainer.deterministic=true", "augment=trivialaugment", "metric.score_fixed=false",
-        "trainer.limit_val_batches=2", "dataset.datamodule.test_subset=128", "quantizer.callback.num_batches=1",
-        "quantizer.callback.probes=1"]
+        "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64",
+        "quantizer.callback.num_batches=1", "quantizer.callback.probes=1"]
 
 
 def start(tmp_path, run_dir, *extra):
@@ -39,6 +40,11 @@ def wait_for_epoch(run_dir, epoch, proc, timeout=600):
     raise TimeoutError(f"no checkpoint of epoch {epoch} in {timeout}s")
 
 
+@pytest.fixture(autouse=True)
+def shared_teacher(monkeypatch, teacher_cache):
+    monkeypatch.setenv("DAQKD_CACHE", str(teacher_cache))  # the runs load the session's teacher
+
+
 def results(run_dir):
     r = json.loads((run_dir / "results.json").read_text())
     return r["student"]["test_acc"], r["student"]["test_loss"], r["selected_augment"]
@@ -51,7 +57,7 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
     run_dir = tmp_path / "killed"
     proc = start(tmp_path, run_dir)
     wait_for_epoch(run_dir, 1, proc)
-    time.sleep(1.0)  # into epoch 1 (its δ estimate or its first steps)
+    time.sleep(0.5)  # into epoch 1 (its δ estimate or its first steps)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (run_dir / "results.json").exists()
@@ -66,7 +72,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     proc = start(tmp_path, run_dir)
     wait_for_epoch(run_dir, 1, proc)
     step_before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-    time.sleep(2.0)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out[-3000:]

@@ -60,7 +60,7 @@ class AutoRow:
     acc: float  # mean over its seeds, %
     seeds: int
     vs_minimal: Paired
-    best: str  # the fixed DA with the best mean accuracy over the same seeds (chosen after the fact)
+    best: str  # the fixed DA with the best mean accuracy over the seeds every DA ran (chosen after the fact)
     vs_best: Paired
     selector: str = ""
 
@@ -94,7 +94,12 @@ class Setting:
             if s is not None:
                 self.scores[da][seed] = s
         self.pool = pool_order(runs, set(self.acc))  # every fixed DA, in pool order
-        self.das = sorted(self.pool, key=lambda d: -statistics.fmean(self.acc[d].values()))  # by mean accuracy
+        # The seeds every fixed DA ran (some DAs may have more: the comparisons that decide the rule are
+        # run to more seeds). Means that rank DAs against each other are taken over these, so that no DA
+        # gains or loses by the seeds only it has; paired comparisons use every seed the pair shares.
+        common = set.intersection(*(set(v) for v in self.acc.values())) if self.acc else set()
+        self.block = sorted(common) or sorted({s for v in self.acc.values() for s in v})
+        self.das = sorted(self.pool, key=lambda d: -self.mean_acc(d))  # by mean accuracy over the block
 
     @property
     def epochs(self) -> Any:
@@ -114,11 +119,13 @@ class Setting:
         return dict(out)
 
     def mean_acc(self, da: str, seeds: Sequence[int] | None = None) -> float:
-        vals = [self.acc[da][s] for s in (seeds if seeds is not None else self.acc[da]) if s in self.acc[da]]
+        """Mean accuracy over ``seeds`` (default: the seeds every fixed DA ran)."""
+        vals = [self.acc[da][s] for s in (seeds if seeds is not None else self.block) if s in self.acc[da]]
         return statistics.fmean(vals) if vals else math.nan
 
     def mean_score(self, da: str, selector: str, seeds: Sequence[int] | None = None) -> float:
-        vals = [selector_value(self.scores[da][s], selector) for s in (seeds if seeds is not None else self.scores[da])
+        """Mean of the selector's value over ``seeds`` (default: the seeds every fixed DA ran)."""
+        vals = [selector_value(self.scores[da][s], selector) for s in (seeds if seeds is not None else self.block)
                 if s in self.scores[da]]
         vals = [v for v in vals if not math.isnan(v)]
         return statistics.fmean(vals) if vals else math.nan
@@ -149,8 +156,8 @@ class Setting:
         das = self.scored(selector)
         if len(das) < 3:  # a rank correlation needs at least three DAs
             return None
-        score = {d: {s: selector_value(sc, selector) for s, sc in self.scores[d].items()} for d in das}
-        rho = rank_correlation(score, {d: self.acc[d] for d in das})
+        score = {d: {s: selector_value(sc, selector) for s, sc in self.scores[d].items() if s in self.block} for d in das}
+        rho = rank_correlation(score, {d: {s: v for s, v in self.acc[d].items() if s in self.block} for d in das})
         picked = self.pick(selector)
         best = max(das, key=self.mean_acc)
         by_acc = sorted(das, key=lambda d: -self.mean_acc(d))
@@ -160,8 +167,7 @@ class Setting:
 
     def _auto_row(self, label: str, accs: dict[int, float], picks: dict[int, str], selector: str) -> AutoRow:
         seeds = sorted(accs)
-        fixed = [d for d in self.pool if any(s in self.acc[d] for s in seeds)]
-        best = max(fixed, key=lambda d: (self.mean_acc(d, seeds), -self.pool.index(d))) if fixed else "–"
+        best = self.das[0] if self.das else "–"  # the best fixed DA of the setting, by its mean over the common seeds
         return AutoRow(label, dict(Counter(picks.values())), statistics.fmean(accs.values()), len(seeds),
                        paired(accs, self.acc.get(BASELINE, {})), best, paired(accs, self.acc.get(best, {})), selector)
 

@@ -34,16 +34,18 @@ def diff_cell(p: Paired) -> str:
 
 def rho_cell(row: SelectorRow) -> str:
     r = row.rho
+    if math.isnan(r.rho):
+        return "– (a constant score ranks nothing)"
     p = f"p {format_p(r.p)}" + ("" if r.exact else " MC")
     return f"{r.rho:+.2f} ({p})"
 
 
 def per_seed_cell(row: SelectorRow) -> str:
     r = row.rho
-    if not r.per_seed:
+    if not r.per_seed or math.isnan(r.per_seed_mean):
         return "–"
-    if len(r.per_seed) == 1:
-        return f"{r.per_seed_mean:+.2f} (1 seed)"
+    if len(r.per_seed) == 1 or math.isnan(r.per_seed_sd):
+        return f"{r.per_seed_mean:+.2f} ({len(r.per_seed)} seed{'s' if len(r.per_seed) > 1 else ''})"
     return f"{r.per_seed_mean:+.2f} ± {r.per_seed_sd:.2f} ({len(r.per_seed)} seeds)"
 
 
@@ -84,12 +86,17 @@ def setting_markdown(st: Setting) -> str:
     sels = [s for s in SELECTORS if st.scored(s)]
     seeds = sorted({s for v in st.acc.values() for s in v})
     if st.das:
-        lines += ["| DA | test acc % (mean ± SD) | − minimal, paired by seed (± SE, sign-flip p, seeds) | " + " | ".join(sels) + " |",
+        more = any(len(st.acc[d]) > len(st.block) for d in st.das)
+        lines += [f"| DA | test acc % (mean ± SD over the {len(st.block)} seeds every DA has"
+                  + ("; all its seeds" if more else "") + ") | − minimal, paired by seed (± SE, sign-flip p, seeds) | " + " | ".join(sels) + " |",
                   "|" + " --- |" * (3 + len(sels))]
         for d in st.das:
             vs = "–" if d == BASELINE else diff_cell(st.versus(d))
-            lines.append(f"| {d} | {cell(list(st.acc[d].values()))} | {vs} | " + " | ".join(f"{st.mean_score(d, s):+.4f}" for s in sels) + " |")
-        lines += ["", least_p_note(min((len(st.acc[d]) for d in st.das), default=0)), ""]
+            acc = cell([st.acc[d][s] for s in st.block if s in st.acc[d]])
+            if len(st.acc[d]) > len(st.block):
+                acc += f"; {cell(list(st.acc[d].values()))}"
+            lines.append(f"| {d} | {acc} | {vs} | " + " | ".join(f"{st.mean_score(d, s):+.4f}" for s in sels) + " |")
+        lines += ["", least_p_note(len(st.block)), ""]
         if not sels:
             lines += ["No selector scores recorded (the runs had metric.score_fixed=false): no selector table.", ""]
         joint = st.joint()
@@ -139,7 +146,7 @@ def budget_markdown(family: list[Setting]) -> str:
     lines += ["Each DA against minimal, paired by seed: mean difference ± its SE (points), exact sign-flip p, seeds.", "", head, rule]
     for d in das:
         if d == BASELINE:
-            lines.append("| minimal (test acc %) | " + " | ".join(cell(list(st.acc[d].values())) for st in family) + " |")
+            lines.append("| minimal (test acc %, all its seeds) | " + " | ".join(cell(list(st.acc[d].values())) for st in family) + " |")
             continue
         lines.append(f"| {d} | " + " | ".join(diff_cell(st.versus(d)) for st in family) + " |")
     autos = defaultdict(dict)
