@@ -289,10 +289,15 @@ class Spread:
 
 
 def spread(table: Mapping[int, Mapping[str, float]]) -> Spread | None:
-    """The decomposition over the seeds that have every DA (the complete block); None with fewer
-    than 2 such seeds or 2 DAs."""
-    das = sorted(set.intersection(*(set(r) for r in table.values()))) if table else []
-    seeds = [s for s in sorted(table) if all(d in table[s] for d in das)]
+    """The decomposition over a complete block: every DA at the seeds that have them all (when some
+    DAs ran at more seeds, those extra runs are left out), else the DAs every seed has; None with
+    fewer than 2 seeds or 2 DAs in the block."""
+    every = sorted({d for r in table.values() for d in r})
+    seeds = [s for s in sorted(table) if all(d in table[s] for d in every)]
+    das = every
+    if len(seeds) < 2:
+        das = sorted(set.intersection(*(set(r) for r in table.values()))) if table else []
+        seeds = [s for s in sorted(table) if all(d in table[s] for d in das)]
     if len(seeds) < 2 or len(das) < 2:
         return None
     x = np.array([[table[s][d] for d in das] for s in seeds], dtype=np.float64)

@@ -229,3 +229,23 @@ def test_report_reads_runs_packed_in_tar_gz_and_flags_uncommitted_trees(tmp_path
         main([str(packed)])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "broken.tar.gz is not a readable tar.gz archive" in err[0]
+
+
+def test_a_key_that_follows_the_budget_does_not_split_the_budget_curve(tmp_path):
+    """budget_fashion_mnist_long validates max_epochs/16 times a run (${daqkd.interval:...}): the
+    validation interval differs with the budget, but follows it, so the budgets stay one curve."""
+    from daqkd.report import budget_families, load_results
+
+    root = tmp_path / "sw"
+    i = 0
+    for epochs in (16, 64):
+        for da, m in (("a", 0.3), ("b", 0.1), ("c", -0.2)):
+            fake_run(root / str(i), da, 0, 0.8, m=m, config={"trainer": {"max_epochs": epochs, "check_val_every_n_epoch": epochs // 16}})
+            path = root / str(i) / "results.json"
+            data = json.loads(path.read_text())
+            data["config_composed"] = {**data["config"], "seed": 0, "trainer": {
+                "max_epochs": epochs, "check_val_every_n_epoch": "${daqkd.interval:${trainer.max_epochs},16}"}}
+            path.write_text(json.dumps(data))
+            i += 1
+    (family,) = budget_families(settings_of(load_results([root])[0]))
+    assert [st.epochs for st in family] == [16, 64]

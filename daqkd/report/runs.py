@@ -88,8 +88,8 @@ def setting_config(r: RunResult) -> dict[str, Any]:
         if _listed(k, AXES + RULE_KEYS + NOT_A_SETTING):
             continue
         c = composed.get(k)
-        if isinstance(c, str) and any(ref in c for ref in ("${seed}", "${paths.", "${hydra:")):
-            continue  # follows the seed, or says where files go
+        if isinstance(c, str) and any(ref in c for ref in ("${seed}", "${paths.", "${hydra:", "${" + BUDGET + "}")):
+            continue  # follows the seed or the budget (validation every max_epochs/16 epochs), or says where files go
         if not composed and k.endswith(".seed") and v == flat.get("seed"):
             continue  # written before the composed config was recorded: these keys were ${seed}
         out[k] = v
