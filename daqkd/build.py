@@ -51,7 +51,8 @@ def build_model(cfg: DictConfig) -> nn.Module:
 
 def teacher_recipe(cfg: DictConfig) -> TeacherRecipe:
     t = cfg.teacher
-    return TeacherRecipe(max_epochs=t.max_epochs, augment=t.augment, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+    return TeacherRecipe(max_epochs=t.max_epochs, augment=t.augment, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov,
+                         warmup_epochs=t.get("warmup_epochs", 0.0))
 
 
 def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, Any]:

@@ -109,6 +109,7 @@ class Teacher:
     weight_decay: float = allowed("5e-4", ge=0)
     limit_train_batches: float | None = allowed(0.5, test=_batches, what=BATCHES)
     nesterov: bool = allowed("true")
+    warmup_epochs: float = allowed(0.5, ge=0)
     retrain: bool = allowed("true")
     ckpt: str | None = allowed("/data/teacher.pt")
 
