@@ -1,0 +1,76 @@
+"""The integer arithmetic of ONNX Runtime's QLinearConv, in PyTorch, bit for bit: the groundwork of
+``quantizer.deploy=int8`` (issue 27: train the arithmetic the integer runtime runs).
+
+QLinearConv computes y = saturate(round(acc · M) + y_z) with acc = Σ (x − x_z)·w + bias in int32 and
+M = fl(fl(x_s·w_s) / y_s) in float32 (onnxruntime's qlinearconv.cc), and MLAS requantizes by one
+float32 multiply of fl(acc) by M, rounded half to even. Nothing in that needs integers on the
+PyTorch side: small integers are exact in float32, and a sum of products of them is exact in any
+order while every partial sum stays below 2^24 (``EXACT_FLOAT32``). So a convolution of the integer
+tensors in float32 (a GEMM-like algorithm: no Winograd or FFT, which PyTorch's CPU and CUDA
+convolutions do not use for float32 unless asked) gives acc exactly, and ``requantize`` then makes
+the very float32 roundings ONNX Runtime makes: the output equals the kernel's on every element,
+ties included, wherever the kernel's own sum is exact (not where AVX2's u8×s8 pairs saturate int16:
+``daqkd.export.reference.int16_pairs_fit``).
+
+The gradient is the fake-quantized network's: ``integers`` returns x̂/s with the rounding's residue
+detached, so the forward value is the integer and the backward is that of x̂/s; the conv of those
+times x_s·w_s is, in real arithmetic, the conv of x̂ and ŵ.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EXACT_FLOAT32 = 2**24  # integers up to this are exact in float32, and so is every sum of them that stays below it
+
+
+def integers(x_hat: torch.Tensor, scale: torch.Tensor | float, zero: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """The integers k = x̂/scale + zero of a fake-quantized tensor x̂ = scale·(k − zero), exactly (the
+    float quotient is within a rounding of k; the residue is detached), with the gradient of x̂/scale."""
+    v = x_hat / scale + zero
+    return v + (torch.round(v) - v).detach()
+
+
+def ort_multiplier(x_scale: torch.Tensor | float, w_scale: torch.Tensor, y_scale: torch.Tensor | float) -> torch.Tensor:
+    """QLinearConv's requantization multiplier per output channel, as ONNX Runtime forms it: in float32,
+    (x_scale · w_scale) / y_scale, in that order."""
+    xs = torch.as_tensor(x_scale, dtype=torch.float32).detach()
+    ys = torch.as_tensor(y_scale, dtype=torch.float32).detach()
+    return (xs * w_scale.detach().to(torch.float32)) / ys
+
+
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zero: int, lo: int = 0, hi: int = 255) -> torch.Tensor:
+    """MLAS's requantization of an int32 sum ``acc`` (held exactly in float32): fl(acc · M), clamped to
+    [lo − zero, hi − zero], rounded half to even (torch.round), plus ``zero``. ``multiplier`` is per
+    output channel (dim 1). The gradient is straight through the rounding (d/d acc = M inside the
+    range, 0 where it clamps)."""
+    m = multiplier.reshape(1, -1, *([1] * (acc.ndim - 2))).to(torch.float32)
+    v = torch.clamp(acc * m, lo - zero, hi - zero)
+    return v + (torch.round(v) - v).detach() + zero
+
+
+def exact_sum_bound(q: torch.Tensor, j: torch.Tensor, bias: torch.Tensor | None = None) -> float:
+    """An upper bound on every partial sum of conv(q, j) + bias (fan-in · max|q| · max|j| + max|bias|)."""
+    fan_in = j[0].numel()
+    bound = fan_in * float(q.detach().abs().max()) * float(j.detach().abs().max())
+    return bound + (float(bias.detach().abs().max()) if bias is not None else 0.0)
+
+
+def integer_conv(q: torch.Tensor, j: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                 groups: int = 1) -> torch.Tensor:
+    """acc = Σ q·j + bias, with q = x − x_z and j = w − w_z integer-valued float32 tensors and ``bias``
+    integer-valued (units of x_s·w_s): exact, or a ValueError when a partial sum could pass 2^24."""
+    if exact_sum_bound(q, j, bias) >= EXACT_FLOAT32:
+        raise ValueError(f"an integer conv whose sums may reach {exact_sum_bound(q, j, bias):.3g} is not exact in float32 "
+                         f"(at most {EXACT_FLOAT32})")
+    return F.conv2d(q, j, bias, stride, padding, dilation, groups)
+
+
+def qlinear_conv(x_int: torch.Tensor, x_zero: int, x_scale, w_int: torch.Tensor, w_scale: torch.Tensor, bias_int: torch.Tensor | None,
+                 y_scale, y_zero: int, stride=1, padding=0, dilation=1, groups: int = 1, lo: int = 0, hi: int = 255) -> torch.Tensor:
+    """QLinearConv on integer-valued float32 tensors: the uint8 input integers ``x_int`` (zero point
+    ``x_zero``), the symmetric int8 weight integers ``w_int`` (per-channel ``w_scale``), the int32
+    bias; returns the output integers (clamped to [lo, hi]), as ONNX Runtime computes them. Padding
+    pads x − x_z with 0, i.e. x with its zero point, as QLinearConv does."""
+    acc = integer_conv(x_int - x_zero, w_int, bias_int, stride, padding, dilation, groups)
+    return requantize(acc, ort_multiplier(x_scale, w_scale, y_scale), y_zero, lo, hi)

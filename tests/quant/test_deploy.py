@@ -1,0 +1,83 @@
+"""daqkd/quant/deploy.py: QLinearConv's integer arithmetic in PyTorch equals ONNX Runtime's kernel on
+every element (ties included), and its gradient is the fake-quantized network's."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from daqkd.quant import deploy
+
+
+def ort_qlinear_conv(x, xs, xz, w, ws, ys, yz, bias, stride, pad, group):
+    import onnxruntime as ort
+
+    consts = {"xs": np.float32(xs), "xz": np.uint8(xz), "w": w, "ws": ws, "wz": np.zeros(len(ws), np.int8), "ys": np.float32(ys),
+              "yz": np.uint8(yz), "b": bias}
+    node = helper.make_node("QLinearConv", ["x", *consts], ["y"], strides=[stride] * 2, pads=[pad] * 4, group=group)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("seed,stride,group,c_in", [(0, 1, 1, 16), (1, 2, 1, 32), (2, 1, 2, 16), (3, 1, 1, 64)])
+def test_qlinear_conv_in_torch_is_onnx_runtime_bit_for_bit(seed, stride, group, c_in):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (4, c_in, 10, 10)).astype(np.uint8)
+    w = rng.integers(-63, 64, (8, c_in // group, 3, 3)).astype(np.int8)  # pairs within int16 on CPUs without VNNI
+    ws = rng.uniform(2e-3, 2e-2, 8).astype(np.float32)
+    bias = rng.integers(-30000, 30000, 8).astype(np.int32)
+    xs, xz, ys, yz = np.float32(rng.uniform(0.01, 0.05)), int(rng.integers(0, 20)), np.float32(rng.uniform(0.5, 2)), int(rng.integers(0, 60))
+    got = ort_qlinear_conv(x, xs, xz, w, ws, ys, yz, bias, stride, 1, group)
+    mine = deploy.qlinear_conv(torch.from_numpy(x).float(), xz, float(xs), torch.from_numpy(w).float(), torch.from_numpy(ws),
+                               torch.from_numpy(bias).float(), float(ys), yz, stride=stride, padding=1, groups=group)
+    assert mine.shape == got.shape and len(np.unique(got)) > 20  # spread over the grid: the arithmetic is seen
+    assert (mine.numpy() == got).all()
+
+
+def test_exact_half_steps_round_to_even_as_the_kernel_does():
+    x = np.arange(0, 64, dtype=np.uint8).reshape(1, 1, 8, 8)
+    w = np.ones((1, 1, 1, 1), np.int8)
+    got = ort_qlinear_conv(x, 0.5, 0, w, np.float32([1.0]), 1.0, 0, np.zeros(1, np.int32), 1, 0, 1)
+    mine = deploy.qlinear_conv(torch.from_numpy(x).float(), 0, 0.5, torch.ones(1, 1, 1, 1), torch.tensor([1.0]), None, 1.0, 0)
+    assert (mine.numpy() == got).all() and (got == np.rint(x / 2)).all() and (got[0, 0, 0, 1] == 0)  # 0.5 → 0
+
+
+def test_a_sum_that_float32_cannot_hold_is_refused():
+    q = torch.full((1, 64, 3, 3), 255.0)
+    j = torch.full((1, 64, 3, 3), 127.0)
+    with pytest.raises(ValueError, match="not exact in float32"):
+        deploy.integer_conv(q, j)
+    deploy.integer_conv(q[:, :8], j[:, :8])  # 72 · 255 · 127 < 2^24
+
+
+def test_the_gradient_is_the_fake_quantized_networks():
+    """d/dx̂ and d/dŵ of the integer path equal those of conv(x̂, ŵ)/y_s with a straight-through
+    rounding: the integer form is the same function in real arithmetic. In float64, so that the two
+    paths' different summation orders differ by at most 2·γ_n of the sum of the terms' magnitudes."""
+    torch.manual_seed(0)
+    xs, ws, ys = 0.03, torch.tensor([0.01, 0.02, 0.015], dtype=torch.float64), 0.5
+    x_hat = (torch.randint(0, 16, (2, 4, 6, 6)).double() * xs).requires_grad_()
+    w_hat = (torch.randint(-7, 8, (3, 4, 3, 3)).double() * ws.view(-1, 1, 1, 1)).requires_grad_()
+    g = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    y = deploy.qlinear_conv(deploy.integers(x_hat, xs), 0, xs, deploy.integers(w_hat, ws.view(-1, 1, 1, 1)), ws, None, ys, 128,
+                            padding=1)
+    assert torch.equal(y, torch.round(y)) and 0 < y.min() and y.max() < 255  # integers, inside the range (no clamping)
+    gx, gw = torch.autograd.grad((y * g).sum(), (x_hat, w_hat))
+    real = F.conv2d(x_hat, w_hat, padding=1) / ys + 128
+    rx, rw = torch.autograd.grad((real * g).sum(), (x_hat, w_hat))
+    # The magnitudes: the same gradients of Σ|g|·conv(|x̂|, |ŵ|)/y_s (the multiplier is float32: its
+    # relative rounding, 2^-23, enters too).
+    ax, aw = (t.detach().abs().requires_grad_() for t in (x_hat, w_hat))
+    mx, mw = torch.autograd.grad((F.conv2d(ax, aw, padding=1) / ys * g.abs()).sum(), (ax, aw))
+    gamma = 1000 * 2.0**-53 + 2 * 2.0**-23
+    assert ((gx - rx).abs() <= 2 * gamma * mx).all() and ((gw - rw).abs() <= 2 * gamma * mw).all()
+    assert not torch.equal(gx, torch.zeros_like(gx))
+    # and the forward is the real value rounded, up to the multiplier's float32 roundings
+    assert ((y - real.detach()).abs() <= 0.5 + 4 * 2.0**-24 * real.detach().abs()).all()
