@@ -52,7 +52,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
 def teacher_recipe(cfg: DictConfig) -> TeacherRecipe:
     t = cfg.teacher
     return TeacherRecipe(max_epochs=t.max_epochs, augment=t.augment, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov,
-                         warmup_epochs=t.get("warmup_epochs", 0.0))
+                         warmup_epochs=float(t.get("warmup_epochs") or 0.0))  # 1 and 1.0: one cache key
 
 
 def teacher_identity(cfg: DictConfig, datamodule: ImageDataModule) -> dict[str, Any]:

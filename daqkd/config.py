@@ -432,6 +432,10 @@ def validate_config(cfg: DictConfig) -> None:
     if dm.batch_size < 2:
         raise ConfigError(f"dataset.datamodule.batch_size={dm.batch_size} is too small: training needs at least 2 "
                           "images a step (BatchNorm statistics, EWGS's gradient spread, contrastive KD); e.g. dataset.datamodule.batch_size=64")
+    warmup = cfg.teacher.get("warmup_epochs") or 0
+    if warmup >= cfg.teacher.max_epochs:
+        raise ConfigError(f"teacher.warmup_epochs={warmup} leaves no epoch of teacher.max_epochs={cfg.teacher.max_epochs} for the cosine "
+                          "after the warm-up; e.g. teacher.warmup_epochs=0.5")
     if cfg.kd.beta > 0 and cfg.kd.get("method") is None:
         raise ConfigError(f"kd.beta={cfg.kd.beta} weighs a KD method, but kd={cfg.kd.name} has none; choose one (kd=at, crd, dkd, ...)")
     if cfg.ckpt_path not in (None, "last") and not Path(str(cfg.ckpt_path)).is_file():

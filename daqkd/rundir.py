@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from daqkd.errors import ConfigError
 from daqkd.result import RunResult
+from daqkd.schema import without_later_defaults
 
 log = logging.getLogger("daqkd")
 
@@ -50,7 +51,7 @@ def put_back(folder: Path) -> None:
 def composed(cfg: DictConfig | dict) -> dict:
     """A config as composed (interpolations unresolved), without the keys a relaunch may change."""
     c = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    return {k: v for k, v in c.items() if k not in RELAUNCH_FREE}
+    return {k: v for k, v in without_later_defaults(c).items() if k not in RELAUNCH_FREE}
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:

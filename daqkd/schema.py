@@ -297,3 +297,29 @@ def check(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key}={value} is not allowed; choose one of {', '.join(map(str, options))}, e.g. {key}={options[0]}")
         elif not _fits(value, tp, meta):
             raise ConfigError(f"{key}={value!r} is not allowed: expected {describe(tp, meta)}, e.g. {key}={meta['example']}")
+
+
+# Keys added after runs were recorded, with the value that means what their absence meant: a run
+# whose config lacks one and a run that sets it to this value are the same setting (the report) and
+# the same config (a sweep's relaunch). Add a key here when adding one whose default keeps the old
+# behaviour.
+LATER_KEYS: dict[str, Any] = {"teacher.warmup_epochs": 0}
+
+
+def without_later_defaults(config: dict) -> dict:
+    """A nested config dict without the LATER_KEYS that hold their neutral value (a copy)."""
+    import copy
+
+    out = copy.deepcopy(config)
+    for dotted, neutral in LATER_KEYS.items():
+        *path, leaf = dotted.split(".")
+        nodes = [out]
+        for part in path:
+            nodes.append(nodes[-1].get(part) if isinstance(nodes[-1], dict) else None)
+        if isinstance(nodes[-1], dict) and leaf in nodes[-1] and nodes[-1][leaf] == neutral:
+            del nodes[-1][leaf]
+            for parent, part, node in reversed(list(zip(nodes, path, nodes[1:]))):
+                if node:
+                    break
+                del parent[part]  # a block the key alone made: as if it had never been written
+    return out

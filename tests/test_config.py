@@ -60,6 +60,8 @@ def test_mixed_bits_and_rejected_bits(make_cfg):
         ("+kd.method.bank_sise=10", r"kd.method.bank_sise is not a parameter of ContrastiveRepresentation; did you mean kd.method.bank_size\?"),
         ("+trainer.max_epoch=3", r"trainer.max_epoch is not a parameter of Trainer; did you mean trainer.max_epochs\?"),
         ("+optim.optimizer.learning_rate=0.1", r"optim.optimizer.learning_rate is not a parameter of Adam; its keys: .*lr"),
+        ("teacher.warmup_epochs=99", r"teacher.warmup_epochs=99 leaves no epoch"),
+        ("teacher.warmup_epochs=-1", r"teacher.warmup_epochs"),
     ],
 )
 def test_bad_values_name_the_problem(make_cfg, override, match):

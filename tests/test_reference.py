@@ -173,3 +173,37 @@ def test_an_exported_student_runs_the_reference_node_by_node(fast_teacher, fmnis
     integers = sum(n.count for n in result.nodes if n.op.startswith("QLinear"))
     assert result.ties <= 1e-3 * integers
     assert sum(n.differ for n in risky) <= 1e-3 * sum(n.count for n in risky)  # saturation is rare; a wiring bug is not
+
+
+def test_compare_follows_onnx_runtimes_fusions_and_refuses_what_it_does_not_model(tmp_path):
+    """A float Conv → Relu → QuantizeLinear with a non-zero zero point becomes ORT's FusedConv (ReLU
+    inside): compared node by node. An attribute the reference does not model is an error, never a
+    silent wrong comparison."""
+    import onnx
+
+    rng = RNG(8)
+    w = rng.normal(0, 1, (4, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]), helper.make_node("Flatten", ["q"], ["logits"], axis=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, 2, 6, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.UINT8, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0.05), "s"),
+                               numpy_helper.from_array(np.uint8(3), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    result = ref.compare(tmp_path / "m.onnx", rng.normal(0, 1, (3, 2, 6, 6)).astype(np.float32))
+    assert [n.op for n in result.nodes] == ["FusedConv", "QuantizeLinear", "Flatten"] and result.ok, result.nodes
+    assert result.nodes[1].count == 3 * 4 * 36
+    with pytest.raises(NotImplementedError, match="auto_pad"):
+        ref.run_node(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"), [np.zeros((1, 1, 4, 4))], {})
+    with pytest.raises(NotImplementedError, match="attributes"):
+        ref.run_node(helper.make_node("Gemm", ["a", "b"], ["y"], made_up=1), [np.zeros((2, 2)), np.zeros((2, 2))], {})
+    with pytest.raises(NotImplementedError, match="activation"):
+        ref.run_node(helper.make_node("FusedGemm", ["a", "b"], ["y"], activation="Tanh"), [np.zeros((2, 2)), np.zeros((2, 2))], {})
+
+
+def test_qlinear_add_takes_one_element_and_absent_zero_points():
+    a = np.array([[10, 20]], np.uint8)
+    one = ref.qlinear_add(a, np.float32(1), np.array([2], np.uint8), a, np.float32(1), None, np.float32(2), np.array([1], np.uint8))
+    assert one.value.tolist() == [[(8 + 10) // 2 + 1, (18 + 20) // 2 + 1]]

@@ -249,3 +249,21 @@ def test_a_key_that_follows_the_budget_does_not_split_the_budget_curve(tmp_path)
             i += 1
     (family,) = budget_families(settings_of(load_results([root])[0]))
     assert [st.epochs for st in family] == [16, 64]
+
+
+def test_a_key_added_later_at_its_neutral_value_is_the_setting_of_runs_without_it(tmp_path):
+    """teacher.warmup_epochs came after runs were recorded: runs without it and runs with 0 (what its
+    absence meant) are one setting; a warm-up is another. A sweep's relaunch reads it the same way."""
+    from daqkd.report import load_results
+    from daqkd.rundir import composed, differences
+
+    root = tmp_path / "sw"
+    for i, (da, m) in enumerate((("a", 0.3), ("b", 0.1), ("c", -0.2))):
+        fake_run(root / f"old{i}", da, 0, 0.8, m=m)
+        fake_run(root / f"new{i}", da, 1, 0.8, m=m, config={"teacher": {"warmup_epochs": 0}})
+        fake_run(root / f"warm{i}", da, 0, 0.8, m=m, config={"teacher": {"warmup_epochs": 0.5}})
+    settings = settings_of(load_results([root])[0])
+    assert sorted(len(st.runs) for st in settings) == [3, 6]
+    old, new = ({"teacher": {"lr": 0.1}}, {"teacher": {"lr": 0.1, "warmup_epochs": 0}})
+    assert differences(composed(old), composed(new)) == []
+    assert differences(composed(old), composed({"teacher": {"lr": 0.1, "warmup_epochs": 0.5}})) == ["teacher.warmup_epochs"]

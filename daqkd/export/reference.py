@@ -71,6 +71,11 @@ def round_to(v: np.ndarray, zero, dtype, tol: np.ndarray) -> Out:
     return Out(q.astype(dtype), ties=ties)
 
 
+def _scalar(zero, dtype) -> np.ndarray:
+    """A per-tensor zero point (a scalar or a 1-element array; absent: 0) as a 0-d array of ``dtype``."""
+    return np.asarray(0 if zero is None else zero).reshape(()).astype(dtype)
+
+
 def _channel(a, ndim: int, axis: int = 1) -> np.ndarray:
     """A per-tensor scalar or a per-channel vector, shaped to broadcast along ``axis``."""
     a = _f64(a)
@@ -193,10 +198,11 @@ def qlinear_add(a, a_scale, a_zero, b, b_scale, b_zero, c_scale, c_zero) -> Out:
     scalar one): with M = r_a·(|a| + a_z) + r_b·(|b| + b_z) + |c_z|, every intermediate is at most M
     and at most seven roundings touch it, so |error| ≤ 7u·M; tolerance 16u·M."""
     a, b = np.asarray(a), np.asarray(b)
-    cs = _f64(np.float32(c_scale))
-    ra, rb = _f64(np.float32(a_scale)) / cs, _f64(np.float32(b_scale)) / cs
+    a_zero, b_zero = (_scalar(z, x.dtype) for z, x in ((a_zero, a), (b_zero, b)))
+    c_zero = _scalar(c_zero, a.dtype)
+    cs = _f64(np.float32(np.asarray(c_scale).reshape(())))
+    ra, rb = _f64(np.float32(np.asarray(a_scale).reshape(()))) / cs, _f64(np.float32(np.asarray(b_scale).reshape(()))) / cs
     v = ra * (_f64(a) - _f64(a_zero)) + rb * (_f64(b) - _f64(b_zero))
-    c_zero = np.asarray(c_zero)
     big = ra * (np.abs(_f64(a)) + abs(float(a_zero))) + rb * (np.abs(_f64(b)) + abs(float(b_zero))) + abs(float(c_zero))
     return round_to(v, c_zero, c_zero.dtype, 16 * U * big)
 
@@ -259,6 +265,9 @@ def run_node(node, inputs: list, consts: dict) -> Out | np.ndarray:
     ``None`` for an absent optional input). Exact integer results come back as arrays."""
     op, at = node.op_type, _attrs(node)
     get = (lambda i: inputs[i] if i < len(inputs) else None)
+    unsupported = {k: v for k, v in at.items() if k not in _KNOWN_ATTRS.get(op, ())}
+    if unsupported:
+        raise NotImplementedError(f"the reference does not model {op}'s attributes {sorted(unsupported)} (node {node.name})")
     if op == "QuantizeLinear":
         zero = get(2) if get(2) is not None else np.uint8(0)
         return quantize_linear(get(0), get(1), zero, at.get("axis", 1))
@@ -273,25 +282,35 @@ def run_node(node, inputs: list, consts: dict) -> Out | np.ndarray:
         return qlinear_matmul(*inputs[:8])
     if op == "QLinearAdd":
         return qlinear_add(*inputs[:8])
-    if op == "Conv":
-        return conv_float(get(0), get(1), get(2), at.get("strides"), at.get("pads"), at.get("dilations"), at.get("group", 1))
+    if op in ("Conv", "FusedConv"):
+        _check_auto_pad(node, at)
+        out = conv_float(get(0), get(1), get(2), at.get("strides"), at.get("pads"), at.get("dilations"), at.get("group", 1))
+        return _activation(out, at, node)
     if op in ("Gemm", "FusedGemm"):
         if at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0 or at.get("transA", 0):
             raise NotImplementedError("Gemm with alpha, beta or transA")
-        return gemm(get(0), get(1), get(2), at.get("transB", 0))
+        return _activation(gemm(get(0), get(1), get(2), at.get("transB", 0)), at, node)
     if op == "GlobalAveragePool":
         return global_average_pool(get(0))
     if op == "MaxPool":
+        _check_auto_pad(node, at)
+        if any(d != 1 for d in at.get("dilations", [1])) or at.get("storage_order", 0):
+            raise NotImplementedError(f"MaxPool with dilations or storage_order (node {node.name})")
         return max_pool(get(0), at["kernel_shape"], at.get("strides"), at.get("pads"), at.get("ceil_mode", 0))
     if op == "Clip":
         x = get(0)
         return np.clip(x, get(1) if get(1) is not None else x.min(), get(2) if get(2) is not None else x.max()).astype(x.dtype)
     if op == "Relu":
         return np.maximum(get(0), 0).astype(get(0).dtype)
-    if op in ("Identity", "Flatten"):
-        x = get(0)
-        return x.reshape(x.shape[0], -1) if op == "Flatten" else x
+    if op == "Identity":
+        return get(0)
+    if op == "Flatten":
+        x, axis = get(0), at.get("axis", 1)
+        axis = axis % x.ndim if x.ndim else 0
+        return x.reshape(int(np.prod(x.shape[:axis])), -1)
     if op == "Pad":
+        if at.get("mode", b"constant") not in (b"constant", "constant") or get(3) is not None:
+            raise NotImplementedError(f"Pad other than constant over every axis (node {node.name})")
         value = get(2) if get(2) is not None else 0
         return _pad(get(0), list(get(1)), value).astype(get(0).dtype)
     if op == "Slice":
@@ -308,6 +327,33 @@ def run_node(node, inputs: list, consts: dict) -> Out | np.ndarray:
         v = a + b
         return Out(v, bound=U * np.abs(v))
     raise NotImplementedError(f"the reference has no {node.op_type} (node {node.name})")
+
+
+# The attributes each operator's reference models; any other raises NotImplementedError, so that an
+# attribute the reference would ignore never makes a silent, wrong comparison.
+_CONV = ("strides", "pads", "dilations", "group", "kernel_shape", "auto_pad")
+_KNOWN_ATTRS: dict[str, tuple[str, ...]] = {
+    "QuantizeLinear": ("axis",), "DequantizeLinear": ("axis",), "QLinearConv": _CONV + ("channels_last",), "QLinearMatMul": (),
+    "QLinearAdd": (), "Conv": _CONV, "FusedConv": _CONV + ("activation", "activation_params"), "Gemm": ("alpha", "beta", "transA", "transB"),
+    "FusedGemm": ("alpha", "beta", "transA", "transB", "activation"), "GlobalAveragePool": (),
+    "MaxPool": ("kernel_shape", "strides", "pads", "ceil_mode", "dilations", "storage_order", "auto_pad"), "Clip": (), "Relu": (),
+    "Identity": (), "Flatten": ("axis",), "Pad": ("mode",), "Slice": (), "Add": (),
+}
+
+
+def _check_auto_pad(node, at: dict) -> None:
+    if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise NotImplementedError(f"{node.op_type} with auto_pad (node {node.name})")
+
+
+def _activation(out: Out, at: dict, node) -> Out:
+    """A fused activation (FusedConv, FusedGemm): only ReLU is modelled (1-Lipschitz: the bound holds)."""
+    act = at.get("activation")
+    if act is None:
+        return out
+    if act not in (b"Relu", "Relu"):
+        raise NotImplementedError(f"{node.op_type} with activation {act!r} (node {node.name})")
+    return Out(np.maximum(out.value, 0.0), bound=out.bound)
 
 
 @dataclass

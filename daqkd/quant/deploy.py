@@ -6,15 +6,21 @@ M = fl(fl(x_s·w_s) / y_s) in float32 (onnxruntime's qlinearconv.cc), and MLAS r
 float32 multiply of fl(acc) by M, rounded half to even. Nothing in that needs integers on the
 PyTorch side: small integers are exact in float32, and a sum of products of them is exact in any
 order while every partial sum stays below 2^24 (``EXACT_FLOAT32``). So a convolution of the integer
-tensors in float32 (a GEMM-like algorithm: no Winograd or FFT, which PyTorch's CPU and CUDA
-convolutions do not use for float32 unless asked) gives acc exactly, and ``requantize`` then makes
+tensors in float32 by a GEMM-like algorithm (no Winograd or FFT transforms, which would leave the
+integers) gives acc exactly, and ``requantize`` then makes
 the very float32 roundings ONNX Runtime makes: the output equals the kernel's on every element,
 ties included, wherever the kernel's own sum is exact (not where AVX2's u8×s8 pairs saturate int16:
 ``daqkd.export.reference.int16_pairs_fit``).
 
 The gradient is the fake-quantized network's: ``integers`` returns x̂/s with the rounding's residue
 detached, so the forward value is the integer and the backward is that of x̂/s; the conv of those
-times x_s·w_s is, in real arithmetic, the conv of x̂ and ŵ.
+times the multiplier x_s·w_s/y_s (kept in the graph) is, in real arithmetic, conv(x̂, ŵ)/y_s, so the
+inputs, the weights and learned scales (LSQ's, PACT's) get the gradients they get without it.
+
+Only float32 reproduces the kernel: ``requantize`` computes in ``acc``'s dtype (float64 in the tests
+of the gradient), and the exactness of the integer sum was checked on the CPU's convolutions; on a
+GPU, cuDNN chooses its algorithms itself, so a CUDA run is to be checked the same way before it is
+trusted (tests/quant/test_deploy.py).
 """
 from __future__ import annotations
 
@@ -34,9 +40,9 @@ def integers(x_hat: torch.Tensor, scale: torch.Tensor | float, zero: torch.Tenso
 def ort_multiplier(x_scale: torch.Tensor | float, w_scale: torch.Tensor, y_scale: torch.Tensor | float) -> torch.Tensor:
     """QLinearConv's requantization multiplier per output channel, as ONNX Runtime forms it: in float32,
     (x_scale · w_scale) / y_scale, in that order."""
-    xs = torch.as_tensor(x_scale, dtype=torch.float32).detach()
-    ys = torch.as_tensor(y_scale, dtype=torch.float32).detach()
-    return (xs * w_scale.detach().to(torch.float32)) / ys
+    xs = torch.as_tensor(x_scale).to(torch.float32)
+    ys = torch.as_tensor(y_scale).to(torch.float32)
+    return (xs * torch.as_tensor(w_scale).to(torch.float32)) / ys  # float32 ops are ONNX Runtime's roundings; learned scales keep their gradient
 
 
 def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zero: int, lo: int = 0, hi: int = 255) -> torch.Tensor:

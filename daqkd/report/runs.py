@@ -11,6 +11,7 @@ from typing import Any
 
 from daqkd.errors import DaqkdError
 from daqkd.result import RunResult
+from daqkd.schema import without_later_defaults
 
 # Short names for the fields people group by; anything else is a dotted path into results.json.
 FIELDS: dict[str, Callable[[RunResult], Any]] = {
@@ -82,7 +83,7 @@ def _listed(key: str, keys: tuple[str, ...]) -> bool:
 def setting_config(r: RunResult) -> dict[str, Any]:
     """The keys and values that make a run's setting: the whole config but the axes, the rule keys and
     NOT_A_SETTING, and the values that follow the seed or say where files go."""
-    flat, composed = flatten(r.config), flatten(r.config_composed)
+    flat, composed = flatten(without_later_defaults(r.config)), flatten(r.config_composed)
     out = {}
     for k, v in flat.items():
         if _listed(k, AXES + RULE_KEYS + NOT_A_SETTING):
