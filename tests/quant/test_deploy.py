@@ -139,3 +139,47 @@ def test_where_float32_rounds_otherwise_than_exact_arithmetic_torch_is_onnx_runt
     ref = reference.qlinear_conv(x, xs, np.uint8(0), w, np.array([ws], np.float32), np.int8([0]), ys, np.uint8(0), bias=np.array([b]))
     assert int(mine.item()) == int(got.item()) != int(ref.value.item())  # the kernel's rounding, not the exact one
     assert ref.ties.item()
+
+
+def ort_qlinear_add(a, sa, za, b, sb, zb, sc, zc):
+    import onnxruntime as ort
+
+    consts = {"as": np.float32(sa), "az": np.uint8(za), "b": b, "bs": np.float32(sb), "bz": np.uint8(zb), "cs": np.float32(sc),
+              "cz": np.uint8(zc)}
+    node = helper.make_node("QLinearAdd", ["a", *consts], ["y"], domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+
+
+def test_qlinear_add_in_torch_is_onnx_runtime_bit_for_bit():
+    """200 random scale and zero-point draws × 4,096 elements: the torch form equals ONNX Runtime's
+    kernel on every element; exact arithmetic does not on all (the test sees the kernel's roundings)."""
+    rng = np.random.default_rng(0)
+    exact_differs = 0
+    for _ in range(200):
+        a, b = (rng.integers(0, 256, (1, 4096)).astype(np.uint8) for _ in range(2))
+        sa, sb, sc = (np.float32(rng.uniform(0.005, 0.1)) for _ in range(3))
+        za, zb, zc = (int(rng.integers(0, 256)) for _ in range(3))
+        got = ort_qlinear_add(a, sa, za, b, sb, zb, sc, zc)
+        mine = deploy.qlinear_add(torch.from_numpy(a).float(), float(sa), za, torch.from_numpy(b).float(), float(sb), zb, float(sc), zc)
+        assert (mine.numpy() == got).all()
+        exact = np.clip(np.rint((np.float64(sa) * (a - np.float64(za)) + np.float64(sb) * (b - np.float64(zb))) / np.float64(sc)) + zc, 0, 255)
+        exact_differs += int((exact != got).sum())
+    assert exact_differs > 0
+
+
+def test_qlinear_add_gradient_is_the_exact_sums():
+    a = torch.tensor([[10.0, 200.0, 250.0]], requires_grad=True)
+    b = torch.tensor([[5.0, 100.0, 255.0]], requires_grad=True)
+    out = deploy.qlinear_add(a, 0.04, 3, b, 0.02, 1, 0.05, 7)
+    assert torch.equal(out, torch.round(out))
+    out.sum().backward()
+    inside = torch.tensor([[True, True, False]])  # the last one saturates at 255
+    assert torch.allclose(a.grad, torch.where(inside, torch.tensor(0.04 / 0.05), torch.tensor(0.0)))
+    assert torch.allclose(b.grad, torch.where(inside, torch.tensor(0.02 / 0.05), torch.tensor(0.0)))
