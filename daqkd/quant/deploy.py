@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-EXACT_FLOAT32 = 2**24  # integers up to this are exact in float32, and so is every sum of them that stays below it
+EXACT_FLOAT32 = 2**24  # integers up to this are exact in float32, and so is every sum of them that stays below it (float64 beyond)
 
 
 def integers(x_hat: torch.Tensor, scale: torch.Tensor | float, zero: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -52,7 +52,7 @@ def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zero: int, lo: int =
     output channel (dim 1). The gradient is straight through the rounding (d/d acc = M inside the
     range, 0 where it clamps)."""
     m = multiplier.reshape(1, -1, *([1] * (acc.ndim - 2))).to(torch.float32)
-    v = torch.clamp(acc * m, lo - zero, hi - zero)
+    v = torch.clamp(acc.to(torch.float32) * m, lo - zero, hi - zero)  # int32 → float32 (rounded beyond 2^24, as MLAS does), × M
     return v + (torch.round(v) - v).detach() + zero
 
 
@@ -65,11 +65,15 @@ def exact_sum_bound(q: torch.Tensor, j: torch.Tensor, bias: torch.Tensor | None 
 
 def integer_conv(q: torch.Tensor, j: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
                  groups: int = 1) -> torch.Tensor:
-    """acc = Σ q·j + bias, with q = x − x_z and j = w − w_z integer-valued float32 tensors and ``bias``
-    integer-valued (units of x_s·w_s): exact, or a ValueError when a partial sum could pass 2^24."""
-    if exact_sum_bound(q, j, bias) >= EXACT_FLOAT32:
-        raise ValueError(f"an integer conv whose sums may reach {exact_sum_bound(q, j, bias):.3g} is not exact in float32 "
-                         f"(at most {EXACT_FLOAT32})")
+    """acc = Σ q·j + bias, with q = x − x_z and j = w − w_z integer-valued float tensors and ``bias``
+    integer-valued (units of x_s·w_s), exactly: in float32 while every partial sum stays below 2^24,
+    else in float64 (an 8-bit layer of fan-in 576 reaches 576·255·127 ≈ 1.9e7); a ValueError where the
+    kernel's own int32 sum could overflow."""
+    bound = exact_sum_bound(q, j, bias)
+    if bound >= 2**31:
+        raise ValueError(f"an integer conv whose sums may reach {bound:.3g} overflows the kernel's int32 accumulator")
+    if bound >= EXACT_FLOAT32:
+        q, j, bias = q.double(), j.double(), bias.double() if bias is not None else None
     return F.conv2d(q, j, bias, stride, padding, dilation, groups)
 
 
@@ -109,3 +113,11 @@ def qlinear_add(a_int: torch.Tensor, a_scale, a_zero: int, b_int: torch.Tensor, 
         kernel = torch.clamp(torch.round(c), 0, 255)
     real = torch.clamp((a_s * (a_int - a_zero) + b_s * (b_int - b_zero)) / c_s + c_zero, 0, 255)
     return real + (kernel.to(real.dtype) - real).detach()
+
+
+def quantize_linear(x: torch.Tensor, scale, zero: int, lo: int = 0, hi: int = 255) -> torch.Tensor:
+    """QuantizeLinear as MLAS computes it: fl(x / scale) (a float32 division), clamped to
+    [lo − zero, hi − zero], rounded half to even, plus ``zero``; the gradient straight through."""
+    s = torch.as_tensor(scale).to(torch.float32)
+    v = torch.clamp(x.to(torch.float32) / s, lo - zero, hi - zero)
+    return v + (torch.round(v) - v).detach() + zero

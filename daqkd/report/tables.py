@@ -50,6 +50,8 @@ def per_seed_cell(row: SelectorRow) -> str:
 
 
 def least_p_note(seeds: int) -> str:
+    if seeds == 1:
+        return "With 1 seed there is no paired p (one difference has no spread)."
     return (f"With {seeds} seeds no paired p can be below {min(1.0, 2 / 2 ** seeds):.2g} (2/2^{seeds} of the sign patterns)."
             if seeds else "")
 
@@ -87,7 +89,7 @@ def setting_markdown(st: Setting) -> str:
     seeds = sorted({s for v in st.acc.values() for s in v})
     if st.das:
         more = any(len(st.acc[d]) > len(st.block) for d in st.das)
-        lines += [f"| DA | test acc % (mean ± SD over the {len(st.block)} seeds every DA has"
+        lines += [f"| DA | test acc % (mean ± SD over the {len(st.block)} seed{'s' if len(st.block) != 1 else ''} every DA has"
                   + ("; all its seeds" if more else "") + ") | − minimal, paired by seed (± SE, sign-flip p, seeds) | " + " | ".join(sels) + " |",
                   "|" + " --- |" * (3 + len(sels))]
         for d in st.das:

@@ -49,12 +49,17 @@ def test_exact_half_steps_round_to_even_as_the_kernel_does():
     assert (mine.numpy() == got).all() and (got == np.rint(x / 2)).all() and (got[0, 0, 0, 1] == 0)  # 0.5 → 0
 
 
-def test_a_sum_that_float32_cannot_hold_is_refused():
+def test_a_sum_beyond_float32_is_summed_in_float64_and_one_beyond_int32_is_refused():
     q = torch.full((1, 64, 3, 3), 255.0)
     j = torch.full((1, 64, 3, 3), 127.0)
-    with pytest.raises(ValueError, match="not exact in float32"):
-        deploy.integer_conv(q, j)
-    deploy.integer_conv(q[:, :8], j[:, :8])  # 72 · 255 · 127 < 2^24
+    assert deploy.integer_conv(q[:, :8], j[:, :8]).dtype == torch.float32  # 72 · 255 · 127 < 2^24
+    acc = deploy.integer_conv(q, j, torch.tensor([3.0]))  # 576 · 255 · 127 + 3 = 18,653,763 > 2^24: float32 would round it
+    assert acc.dtype == torch.float64 and acc.item() == 576 * 255 * 127 + 3
+    # requantized as the kernel does: the int32 sum converted to float32 (rounded to even), then × M
+    y = deploy.requantize(acc, torch.tensor([1e-5]), 0)
+    assert y.item() == np.rint(np.float32(np.float32(576 * 255 * 127 + 3) * np.float32(1e-5)))
+    with pytest.raises(ValueError, match="int32"):
+        deploy.integer_conv(torch.full((1, 128, 30, 30), 255.0), torch.full((1, 128, 30, 30), 127.0))  # 3.7e9
 
 
 def test_the_gradient_is_the_fake_quantized_networks():

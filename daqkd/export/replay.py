@@ -1,0 +1,176 @@
+"""ONNX Runtime's optimized integer graph of ``student_int8.onnx``, replayed in PyTorch with the
+operators of ``daqkd.quant.deploy`` (QLinearConv, QLinearAdd, QuantizeLinear as ONNX Runtime's x86
+kernels compute them, bit for bit) and plain torch for the rest (max-pooling, clipping, padding and
+slicing integers, which round nothing; the float convolution, pooling and classifier, which sum in
+their own order).
+
+``replay(path, images)`` returns every node's output. It is what a ``deploy=int8`` forward must
+compute; against ONNX Runtime (``compare``) its integers are equal wherever the float parts before
+them are (the full-precision first layer's output is quantized, and a value within float32's
+summation error of a rounding boundary may round the other way there: counted as a tie).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from daqkd.quant import deploy
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _scalar(v, default=0.0) -> float:
+    return float(np.asarray(v).reshape(-1)[0]) if v is not None else default
+
+
+def _conv_kwargs(at: dict) -> dict:
+    pads = list(at.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:]:
+        raise NotImplementedError("asymmetric conv padding")
+    return {"stride": list(at.get("strides", [1, 1])), "padding": pads[:2], "dilation": list(at.get("dilations", [1, 1])),
+            "groups": at.get("group", 1)}
+
+
+def run_node(node, x: list) -> torch.Tensor:
+    """One node of ONNX Runtime's optimized graph in torch; integer tensors are held in float32."""
+    op, at = node.op_type, _attrs(node)
+    get = (lambda i: x[i] if i < len(x) else None)
+    if op == "QuantizeLinear":
+        return deploy.quantize_linear(get(0), _scalar(get(1)), int(_scalar(get(2))))
+    if op == "DequantizeLinear":
+        s, z = get(1), get(2)
+        shape = (1, -1) + (1,) * (get(0).ndim - 2) if s.numel() > 1 else ()
+        return (get(0) - (z.reshape(shape) if z is not None and shape else _scalar(z))) * (s.reshape(shape) if shape else s.reshape(()))
+    if op == "QLinearConv":
+        if at.get("channels_last", 0):
+            raise NotImplementedError("channels_last QLinearConv")
+        w_zero = get(5)
+        if w_zero is not None and bool((w_zero != 0).any()):
+            raise NotImplementedError("QLinearConv with a non-zero weight zero point")
+        return deploy.qlinear_conv(get(0), int(_scalar(get(2))), get(1).reshape(()), get(3), get(4).reshape(-1), get(8), get(6).reshape(()),
+                                   int(_scalar(get(7))), **_conv_kwargs(at))
+    if op == "QLinearAdd":
+        return deploy.qlinear_add(get(0), get(1).reshape(()), int(_scalar(get(2))), get(3), get(4).reshape(()), int(_scalar(get(5))),
+                                  get(6).reshape(()), int(_scalar(get(7))))
+    if op in ("Conv", "FusedConv"):
+        y = F.conv2d(get(0), get(1), get(2), **_conv_kwargs(at))
+        act = at.get("activation")
+        if act not in (None, b"Relu", "Relu"):
+            raise NotImplementedError(f"FusedConv activation {act!r}")
+        return F.relu(y) if act else y
+    if op in ("Gemm", "FusedGemm"):
+        if at.get("transA", 0) or at.get("alpha", 1.0) != 1.0 or at.get("beta", 1.0) != 1.0 or at.get("activation"):
+            raise NotImplementedError("Gemm with transA, alpha, beta or an activation")
+        w = get(1) if at.get("transB", 0) else get(1).t()
+        return F.linear(get(0), w, get(2))
+    if op == "GlobalAveragePool":
+        return get(0).mean(dim=(2, 3), keepdim=True)
+    if op == "MaxPool":
+        pads = list(at.get("pads", [0, 0, 0, 0]))
+        xp = F.pad(get(0), (pads[1], pads[3], pads[0], pads[2]), value=-float("inf"))
+        return F.max_pool2d(xp, at["kernel_shape"], at.get("strides", at["kernel_shape"]), ceil_mode=bool(at.get("ceil_mode", 0)))
+    if op == "Clip":
+        return torch.clamp(get(0), _scalar(get(1), -float("inf")), _scalar(get(2), float("inf")))
+    if op == "Relu":
+        return F.relu(get(0))
+    if op == "Identity":
+        return get(0)
+    if op == "Flatten":
+        return torch.flatten(get(0), at.get("axis", 1))
+    if op == "Pad":
+        if get(3) is not None or at.get("mode", b"constant") not in (b"constant", "constant"):
+            raise NotImplementedError("Pad other than constant over every axis")
+        p = [int(v) for v in get(1).tolist()]
+        k = len(p) // 2
+        torch_pads = [v for i in reversed(range(k)) for v in (p[i], p[i + k])]
+        return F.pad(get(0), torch_pads, value=_scalar(get(2)))
+    if op == "Slice":
+        t = get(0)
+        starts, ends = get(1).tolist(), get(2).tolist()
+        axes = get(3).tolist() if get(3) is not None else list(range(len(starts)))
+        steps = get(4).tolist() if get(4) is not None else [1] * len(starts)
+        index = [slice(None)] * t.ndim
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            if st < 1:
+                raise NotImplementedError("Slice with a negative step")
+            index[int(a)] = slice(int(s), int(min(e, t.shape[int(a)])), int(st))
+        return t[tuple(index)]
+    if op == "Add":
+        return get(0) + get(1)
+    raise NotImplementedError(f"replay has no {op} (node {node.name})")
+
+
+_MAKES_INTEGERS = {"QuantizeLinear", "QLinearConv", "QLinearAdd"}
+_KEEPS_TYPE = {"Clip", "MaxPool", "Pad", "Slice", "Identity", "Flatten", "Relu"}
+
+
+def output_dtypes(model) -> dict[str, np.dtype]:
+    """Each node output's type: uint8 from the integer operators and what keeps their type, float32 else.
+    Refuses what the replay does not model (a signed zero point)."""
+    from onnx import numpy_helper
+
+    types = {t.name: numpy_helper.to_array(t).dtype for t in model.graph.initializer}
+    out: dict[str, np.dtype] = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and (len(node.input) < 3 or types.get(node.input[2]) != np.uint8):
+            raise NotImplementedError(f"QuantizeLinear {node.name} without a uint8 zero point")
+        if node.op_type in _MAKES_INTEGERS:
+            out[node.output[0]] = np.dtype(np.uint8)
+        elif node.op_type in _KEEPS_TYPE:
+            out[node.output[0]] = out.get(node.input[0], np.dtype(np.float32))
+        else:
+            out[node.output[0]] = np.dtype(np.float32)
+    return out
+
+
+def replay(model, images: torch.Tensor, input_name: str = "image") -> dict[str, torch.Tensor]:
+    """Every node output of ONNX Runtime's optimized graph ``model`` (``reference.optimized_model``)
+    on ``images``, computed in torch."""
+    from onnx import numpy_helper
+
+    values: dict[str, torch.Tensor] = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float32)) for t in model.graph.initializer}
+    values[input_name] = images.to(torch.float32)
+    output_dtypes(model)  # refuses what the replay does not model
+    for node in model.graph.node:
+        inputs = [values.get(n) if n else None for n in node.input]
+        values[node.output[0]] = run_node(node, inputs)
+    return values
+
+
+@dataclass
+class ReplayCheck:
+    """Replay against ONNX Runtime, end to end: for each integer node, how many integers differ."""
+
+    integers: int
+    differ: int
+    first: str | None  # the first node whose integers differ, and its operator
+
+
+def compare(path: str | Path, images: torch.Tensor) -> ReplayCheck:
+    """The replay against ONNX Runtime on ``images``, end to end (each computes from its own values)."""
+    from daqkd.export import reference
+
+    model = reference.optimized_model(path)
+    mine = replay(model, images)
+    dtypes = output_dtypes(model)
+    theirs = reference._ort_values(model, {"image": images.numpy().astype(np.float32)}, dtypes)
+    integers = differ = 0
+    first = None
+    for node in model.graph.node:
+        name = node.output[0]
+        if dtypes[name] != np.uint8:
+            continue
+        d = int((mine[name].detach().numpy() != theirs[name]).sum())
+        integers += theirs[name].size
+        differ += d
+        if d and first is None:
+            first = f"{node.op_type} {node.name}"
+    return ReplayCheck(integers, differ, first)
