@@ -19,7 +19,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from daqkd.build import build_datamodule, build_device, build_student, build_teacher
-from daqkd.config import config_dir, normalize_overrides, validate_config
+from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
 from daqkd.errors import reported_as_one_line
 from daqkd.io import atomic_write_json
 from daqkd.metric import format_ranking, score_augmentations
@@ -72,6 +72,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    with reported_as_one_line():  # refused before Hydra makes a folder, as python -m daqkd.run does
+        check_command_line(sys.argv[1:])
     sys.argv[1:] = normalize_overrides(sys.argv[1:]) + ["task_name=score"]
     hydra_main()
 

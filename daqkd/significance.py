@@ -224,7 +224,7 @@ def _centred(table: Mapping[int, Mapping[str, float]], das: Sequence[str]) -> li
     """Per seed: (its DAs' indices, its values less the seed's mean), seeds with at least two DAs."""
     out = []
     for seed in sorted(table):
-        row = [(das.index(d), v) for d, v in table[seed].items() if d in das]
+        row = [(i, table[seed][d]) for i, d in enumerate(das) if d in table[seed]]  # in the order of das, whatever the runs' order
         if len(row) >= 2:
             idx, vals = np.array([i for i, _ in row]), np.array([v for _, v in row], dtype=np.float64)
             out.append((idx, vals - vals.mean()))

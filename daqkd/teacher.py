@@ -65,7 +65,7 @@ class TeacherModule(L.LightningModule):
         r = self.recipe
         opt = torch.optim.SGD(self.model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov)
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = round(r.warmup_epochs * total / max(r.max_epochs, 1))
+        warmup = max(1, round(r.warmup_epochs * total / max(r.max_epochs, 1))) if r.warmup_epochs > 0 else 0
         if warmup <= 0:  # the recipe every cached teacher was trained with, unchanged
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         else:

@@ -10,7 +10,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from daqkd.build import build_datamodule, build_teacher
-from daqkd.config import config_dir, normalize_overrides, validate_config
+from daqkd.config import check_command_line, config_dir, normalize_overrides, validate_config
 from daqkd.errors import reported_as_one_line
 from daqkd.torchutil import set_threads
 
@@ -29,6 +29,8 @@ def hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    with reported_as_one_line():  # refused before Hydra makes a folder, as python -m daqkd.run does
+        check_command_line(sys.argv[1:])
     sys.argv[1:] = normalize_overrides(sys.argv[1:]) + ["task_name=teacher"]
     hydra_main()
 

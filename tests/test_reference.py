@@ -232,3 +232,22 @@ def test_the_int8_graph_replayed_in_torch_is_onnx_runtime_end_to_end(fast_teache
     else:
         risky = {n.name for n in ref.compare(tmp_path / "int8.onnx", fmnist_batch[0][:16].numpy()).nodes if n.int16_risk}
         assert check.differ == 0 or check.first.split()[-1] in risky, check
+
+
+def test_compare_names_a_wrong_input_and_an_empty_comparison(tmp_path):
+    import onnx
+
+    from daqkd.export import replay
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    images = np.zeros((1, 2), np.float32)
+    for compare in (ref.compare, replay.compare):
+        with pytest.raises(ValueError, match="has no input 'image' \\(its inputs: x\\)"):
+            compare(tmp_path / "m.onnx", images)
+    with pytest.raises(ValueError, match="nothing to compare"):
+        replay.compare(tmp_path / "m.onnx", images, input_name="x")

@@ -27,6 +27,18 @@ def test_a_refused_value_is_one_line_and_leaves_no_folder(entry_point, tmp_path,
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("module", ["daqkd.train_teacher", "daqkd.score"])
+@pytest.mark.parametrize("override, says", [
+    ("+teacher.warmup_epoch=1", "did you mean teacher.warmup_epochs?"),
+    ("teacher.warmup_epochs=abc", "teacher.warmup_epochs='abc' is not allowed"),
+])
+def test_the_teacher_and_score_commands_refuse_as_run_does(entry_point, tmp_path, module, override, says):
+    """A typo that daqkd.run refuses must not start a teacher's training in the other commands."""
+    done = entry_point(tmp_path, "debug=fast", override, module=module)
+    assert done.returncode == 2 and says in one_line(done)
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_an_added_trainer_argument_still_works(entry_point, tmp_path):
     from daqkd.config import check_command_line, compose_config, validate_config
 

@@ -402,6 +402,13 @@ class Comparison:
         return next((n for n in self.nodes if not n.ok), None)
 
 
+def check_input(model, input_name: str) -> None:
+    """A ValueError unless ``model`` takes an input called ``input_name``."""
+    inputs = [i.name for i in model.graph.input]
+    if input_name not in inputs:
+        raise ValueError(f"the model has no input {input_name!r} (its inputs: {', '.join(inputs)}); pass input_name=")
+
+
 def optimized_model(path: str | Path):
     """ONNX Runtime's own optimized graph of ``path`` (its fused operators, NCHW layout)."""
     import tempfile
@@ -457,6 +464,7 @@ def compare(path: str | Path, images: np.ndarray, input_name: str = "image") -> 
     from onnx import numpy_helper
 
     model = optimized_model(path)
+    check_input(model, input_name)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     feed = {input_name: np.asarray(images, np.float32)}
     # First pass: the reference on its own, for the output types (ONNX Runtime needs them to expose outputs).

@@ -4,7 +4,8 @@ kernels compute them, bit for bit) and plain torch for the rest (max-pooling, cl
 slicing integers, which round nothing; the float convolution, pooling and classifier, which sum in
 their own order).
 
-``replay(path, images)`` returns every node's output. It is what a ``deploy=int8`` forward must
+``replay(model, images)`` returns every node's output of a loaded, optimized graph
+(``daqkd.export.reference.optimized_model(path)``). It is what a ``deploy=int8`` forward must
 compute; against ONNX Runtime (``compare``) its integers are equal wherever the float parts before
 them are (the full-precision first layer's output is quantized, and a value within float32's
 summation error of a rounding boundary may round the other way there: counted as a tie).
@@ -154,14 +155,19 @@ class ReplayCheck:
     first: str | None  # the first node whose integers differ, and its operator
 
 
-def compare(path: str | Path, images: torch.Tensor) -> ReplayCheck:
-    """The replay against ONNX Runtime on ``images``, end to end (each computes from its own values)."""
+def compare(path: str | Path, images, input_name: str = "image") -> ReplayCheck:
+    """The replay against ONNX Runtime on ``images`` (a tensor or an array), end to end (each computes
+    from its own values). A ValueError when the graph has no integer node: nothing would be compared."""
     from daqkd.export import reference
 
     model = reference.optimized_model(path)
-    mine = replay(model, images)
+    reference.check_input(model, input_name)
+    images = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    mine = replay(model, images, input_name)
     dtypes = output_dtypes(model)
-    theirs = reference._ort_values(model, {"image": images.numpy().astype(np.float32)}, dtypes)
+    if not any(t == np.uint8 for t in dtypes.values()):
+        raise ValueError(f"{path} has no integer operators after ONNX Runtime's optimizations: there is nothing to compare")
+    theirs = reference._ort_values(model, {input_name: images.numpy()}, dtypes)
     integers = differ = 0
     first = None
     for node in model.graph.node:
