@@ -254,7 +254,8 @@ def global_average_pool(x) -> Out:
 # ---------------------------------------------------------------------- node by node against ONNX Runtime
 
 
-def _attrs(node) -> dict:
+def node_attributes(node) -> dict:
+    """An ONNX node's attributes as Python values."""
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -263,7 +264,7 @@ def _attrs(node) -> dict:
 def run_node(node, inputs: list, consts: dict) -> Out | np.ndarray:
     """One node of ONNX Runtime's optimized graph, computed here from ``inputs`` (the arrays it read,
     ``None`` for an absent optional input). Exact integer results come back as arrays."""
-    op, at = node.op_type, _attrs(node)
+    op, at = node.op_type, node_attributes(node)
     get = (lambda i: inputs[i] if i < len(inputs) else None)
     unsupported = {k: v for k, v in at.items() if k not in _KNOWN_ATTRS.get(op, ())}
     if unsupported:
@@ -440,7 +441,8 @@ def _all_outputs(model, dtypes: dict[str, np.dtype]):
     return model
 
 
-def _ort_values(model, feed: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+def ort_values(model, feed: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """Every node output of ``model`` as ONNX Runtime computes it (its graph run as it stands)."""
     import onnxruntime as ort
 
     exposed = _all_outputs(model, dtypes)
@@ -475,13 +477,13 @@ def compare(path: str | Path, images: np.ndarray, input_name: str = "image") -> 
         out = run_node(node, inputs, consts)
         dtypes[node.output[0]] = _output_dtype(node, out, inputs)
         own[node.output[0]] = (out.value.astype(dtypes[node.output[0]]) if isinstance(out, Out) else out)
-    ort_values = _ort_values(model, feed, dtypes)
-    values = dict(consts, **feed, **ort_values)
+    theirs = ort_values(model, feed, dtypes)
+    values = dict(consts, **feed, **theirs)
     result = Comparison()
     for node in model.graph.node:
         inputs = [values.get(n) if n else None for n in node.input]
         out = run_node(node, inputs, consts)
-        got = ort_values[node.output[0]]
+        got = theirs[node.output[0]]
         check = NodeCheck(node.name or node.output[0], node.op_type, int(got.size))
         if isinstance(out, Out) and out.is_int:
             check.int16_risk = out.int16_risk

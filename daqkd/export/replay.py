@@ -19,13 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from daqkd.export import reference
 from daqkd.quant import deploy
-
-
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _scalar(v, default=0.0) -> float:
@@ -42,7 +37,7 @@ def _conv_kwargs(at: dict) -> dict:
 
 def run_node(node, x: list) -> torch.Tensor:
     """One node of ONNX Runtime's optimized graph in torch; integer tensors are held in float32."""
-    op, at = node.op_type, _attrs(node)
+    op, at = node.op_type, reference.node_attributes(node)
     get = (lambda i: x[i] if i < len(x) else None)
     if op == "QuantizeLinear":
         return deploy.quantize_linear(get(0), _scalar(get(1)), int(_scalar(get(2))))
@@ -158,8 +153,6 @@ class ReplayCheck:
 def compare(path: str | Path, images, input_name: str = "image") -> ReplayCheck:
     """The replay against ONNX Runtime on ``images`` (a tensor or an array), end to end (each computes
     from its own values). A ValueError when the graph has no integer node: nothing would be compared."""
-    from daqkd.export import reference
-
     model = reference.optimized_model(path)
     reference.check_input(model, input_name)
     images = torch.as_tensor(np.asarray(images, dtype=np.float32))
@@ -167,7 +160,7 @@ def compare(path: str | Path, images, input_name: str = "image") -> ReplayCheck:
     dtypes = output_dtypes(model)
     if not any(t == np.uint8 for t in dtypes.values()):
         raise ValueError(f"{path} has no integer operators after ONNX Runtime's optimizations: there is nothing to compare")
-    theirs = reference._ort_values(model, {input_name: images.numpy()}, dtypes)
+    theirs = reference.ort_values(model, {input_name: images.numpy()}, dtypes)
     integers = differ = 0
     first = None
     for node in model.graph.node:
