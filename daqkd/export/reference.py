@@ -264,11 +264,8 @@ def node_attributes(node) -> dict:
 def run_node(node, inputs: list, consts: dict) -> Out | np.ndarray:
     """One node of ONNX Runtime's optimized graph, computed here from ``inputs`` (the arrays it read,
     ``None`` for an absent optional input). Exact integer results come back as arrays."""
-    op, at = node.op_type, node_attributes(node)
+    op, at = node.op_type, check_attributes(node)
     get = (lambda i: inputs[i] if i < len(inputs) else None)
-    unsupported = {k: v for k, v in at.items() if k not in _KNOWN_ATTRS.get(op, ())}
-    if unsupported:
-        raise NotImplementedError(f"the reference does not model {op}'s attributes {sorted(unsupported)} (node {node.name})")
     if op == "QuantizeLinear":
         zero = get(2) if get(2) is not None else np.uint8(0)
         return quantize_linear(get(0), get(1), zero, at.get("axis", 1))
@@ -340,6 +337,15 @@ _KNOWN_ATTRS: dict[str, tuple[str, ...]] = {
     "MaxPool": ("kernel_shape", "strides", "pads", "ceil_mode", "dilations", "storage_order", "auto_pad"), "Clip": (), "Relu": (),
     "Identity": (), "Flatten": ("axis",), "Pad": ("mode",), "Slice": (), "Add": (),
 }
+
+
+def check_attributes(node) -> dict:
+    """``node``'s attributes, or a NotImplementedError naming those no operator here models."""
+    at = node_attributes(node)
+    unsupported = sorted(k for k in at if k not in _KNOWN_ATTRS.get(node.op_type, ()))
+    if unsupported:
+        raise NotImplementedError(f"the reference does not model {node.op_type}'s attributes {unsupported} (node {node.name})")
+    return at
 
 
 def _check_auto_pad(node, at: dict) -> None:

@@ -37,12 +37,14 @@ def _conv_kwargs(at: dict) -> dict:
 
 def run_node(node, x: list) -> torch.Tensor:
     """One node of ONNX Runtime's optimized graph in torch; integer tensors are held in float32."""
-    op, at = node.op_type, reference.node_attributes(node)
+    op, at = node.op_type, reference.check_attributes(node)  # an attribute modelled nowhere never passes silently
     get = (lambda i: x[i] if i < len(x) else None)
     if op == "QuantizeLinear":
         return deploy.quantize_linear(get(0), _scalar(get(1)), int(_scalar(get(2))))
     if op == "DequantizeLinear":
         s, z = get(1), get(2)
+        if s.numel() > 1 and at.get("axis", 1) != 1:
+            raise NotImplementedError(f"DequantizeLinear per channel on axis {at['axis']} (node {node.name})")
         shape = (1, -1) + (1,) * (get(0).ndim - 2) if s.numel() > 1 else ()
         return (get(0) - (z.reshape(shape) if z is not None and shape else _scalar(z))) * (s.reshape(shape) if shape else s.reshape(()))
     if op == "QLinearConv":
