@@ -3,6 +3,7 @@ Runtime's kernels on the integers, except at the ties it counts, operator by ope
 inputs (single-node graphs) and node by node on an exported student."""
 import numpy as np
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from daqkd.export import reference as ref
@@ -198,11 +199,12 @@ def test_an_exported_student_runs_the_reference_and_the_torch_replay(fast_teache
     from test_export import student_of
 
     from daqkd.export import freeze, replay
-    from daqkd.export.int8 import export_int8_onnx
+    from daqkd.export.eager import QInt
+    from daqkd.export.int8 import export_int8_onnx, int8_forward
 
     student = student_of(fast_teacher, quantizer_factories[name], bits, fmnist_batch[0])
     frozen, _ = freeze(student)
-    export_int8_onnx(frozen, fmnist_batch[0], tmp_path / "int8.onnx")
+    written = export_int8_onnx(frozen, fmnist_batch[0], tmp_path / "int8.onnx")
     images = fmnist_batch[0][:16]
     result = ref.compare(tmp_path / "int8.onnx", images.numpy())
     assert {"QLinearConv", "QLinearAdd", "QuantizeLinear"} <= {n.op for n in result.nodes}
@@ -215,6 +217,14 @@ def test_an_exported_student_runs_the_reference_and_the_torch_replay(fast_teache
     check = replay.compare(tmp_path / "int8.onnx", images)  # the same images: int16_risk depends on the integers met
     assert check.integers > 250_000 and check.ties <= 1e-3 * check.integers
     assert check.differ == 0 or (bits == 8 and check.first.split()[-1] in {n.name for n in risky}), check
+    # (3) the exporter's own walk computed in torch (daqkd.export.eager, what deploy=int8 trains through)
+    # equals the replay of ONNX Runtime's optimized graph: both are torch on this CPU, so bit for bit.
+    logits, graph = int8_forward(frozen, images, ranges=written["ranges"])
+    mine = replay.replay(ref.optimized_model(tmp_path / "int8.onnx"), images)
+    shared = [n for n, v in graph.values.items() if isinstance(v, QInt) and n in mine]
+    assert sum(graph.values[n].q.numel() for n in shared) > 0.95 * check.integers
+    assert all(torch.equal(graph.values[n].q, mine[n]) for n in shared), [n for n in shared if not torch.equal(graph.values[n].q, mine[n])]
+    assert torch.equal(logits, mine["logits"])
 def test_compare_names_a_wrong_input_and_an_empty_comparison(tmp_path):
     import onnx
 
@@ -241,7 +251,6 @@ def test_the_replay_counts_a_float_tie_and_nothing_else(tmp_path, monkeypatch, n
     rounds the other way, a tie within the derived bound, counted and taken from ONNX Runtime; nudged by
     0.6 it is a real difference."""
     import onnx
-    import torch
 
     from daqkd.export import replay
 

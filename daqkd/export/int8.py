@@ -138,12 +138,18 @@ def _grid_key(a) -> tuple:
 
 
 class Int8Exporter:
-    def __init__(self, frozen: nn.Module, calibration: torch.Tensor, stream_bits: int | None = 8):
+    """One walk of the frozen student that decides the integer graph, and writes it through ``graph``:
+    ONNX nodes (``_Graph``, the default) or their values on a batch (``daqkd.export.eager.EagerGraph``).
+    ``ranges`` (each fx node's 8-bit range, from ``ranges(...)``) are calibrated on ``calibration``
+    when not given."""
+
+    def __init__(self, frozen: nn.Module, calibration: torch.Tensor | None, stream_bits: int | None = 8, graph=None,
+                 ranges: dict[str, tuple[float, float]] | None = None):
         self.stream_bits = stream_bits  # 8: the residual stream on 8-bit grids (fast); None: in float (exact)
         self.model = frozen.eval()
         self.graph = torch.fx.GraphModule(frozen, _Tracer().trace(frozen))
-        self.ranges = self._calibrate(calibration)
-        self.g = _Graph()
+        self.ranges = ranges if ranges is not None else self._calibrate(calibration)
+        self.g = graph if graph is not None else _Graph()
         self.values: dict[torch.fx.Node, object] = {}
         self.fused_convs = 0
 
@@ -397,19 +403,36 @@ class Int8Exporter:
         return model
 
 
-def export_int8_onnx(frozen: nn.Module, calibration: torch.Tensor, path: str | Path, stream_bits: int | None = 8) -> dict:
-    """Write the integer-kernel form of ``frozen`` (see the module's docstring), calibrated on
-    ``calibration`` images; returns what it wrote and how many convolutions have integer kernels.
-    ``stream_bits=None`` keeps the residual stream in float: exact, with integer kernels only for the
-    convolutions whose output goes straight to the next quantizer."""
+def export_int8_onnx(frozen: nn.Module, calibration: torch.Tensor | None, path: str | Path, stream_bits: int | None = 8,
+                     ranges: dict[str, tuple[float, float]] | None = None) -> dict:
+    """Write the integer-kernel form of ``frozen`` (see the module's docstring), its 8-bit ranges
+    calibrated on ``calibration`` images unless ``ranges`` are given; returns what it wrote, how many
+    convolutions have integer kernels and the ranges (for ``int8_forward``). ``stream_bits=None``
+    keeps the residual stream in float: exact, with integer kernels only for the convolutions whose
+    output goes straight to the next quantizer."""
     import onnx
 
-    exporter = Int8Exporter(frozen, calibration, stream_bits)
+    exporter = Int8Exporter(frozen, calibration, stream_bits, ranges=ranges)
     model = exporter.model_proto(tuple(calibration.shape[1:]))
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     onnx.save(model, str(path))
-    return {"path": str(path), "quantized_convs": exporter.fused_convs}
+    return {"path": str(path), "quantized_convs": exporter.fused_convs, "ranges": exporter.ranges}
+
+
+@torch.no_grad()
+def int8_forward(frozen: nn.Module, images: torch.Tensor, calibration: torch.Tensor | None = None, stream_bits: int | None = 8,
+                 ranges: dict[str, tuple[float, float]] | None = None):
+    """The logits ``student_int8.onnx`` gives for ``images``, computed in torch (``EagerGraph``) from
+    the same walk that writes the file: for the same ``calibration`` (or ``ranges``), what ONNX Runtime
+    computes but at ties. Returns (logits, the EagerGraph, whose ``values`` hold every node's output
+    by the name it has in the ONNX file)."""
+    from daqkd.export.eager import EagerGraph
+
+    g = EagerGraph(images)
+    exporter = Int8Exporter(frozen, calibration, stream_bits, graph=g, ranges=ranges)
+    exporter.emit()
+    return g.value(exporter.output), g
 
 
 def fused_ops(path: str | Path) -> dict[str, int]:

@@ -23,11 +23,13 @@ from daqkd.export import reference
 from daqkd.quant import deploy
 
 
-def _scalar(v, default=0.0) -> float:
+def scalar(v, default=0.0) -> float:
+    """A scalar or one-element input as a float (``default`` when absent)."""
     return float(np.asarray(v).reshape(-1)[0]) if v is not None else default
 
 
-def _conv_kwargs(at: dict) -> dict:
+def conv_kwargs(at: dict) -> dict:
+    """An ONNX Conv's attributes as ``F.conv2d``'s keywords (symmetric padding only)."""
     pads = list(at.get("pads", [0, 0, 0, 0]))
     if pads[:2] != pads[2:]:
         raise NotImplementedError("asymmetric conv padding")
@@ -35,31 +37,57 @@ def _conv_kwargs(at: dict) -> dict:
             "groups": at.get("group", 1)}
 
 
+def max_pool(t: torch.Tensor, at: dict) -> torch.Tensor:
+    """ONNX MaxPool (padding with −∞) in torch."""
+    pads = list(at.get("pads", [0, 0, 0, 0]))
+    t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]), value=-float("inf"))
+    return F.max_pool2d(t, at["kernel_shape"], at.get("strides", at["kernel_shape"]), ceil_mode=bool(at.get("ceil_mode", 0)))
+
+
+def pad(t: torch.Tensor, pads, value: float) -> torch.Tensor:
+    """ONNX Pad (constant, every axis: begins then ends) in torch."""
+    p = [int(v) for v in pads]
+    k = len(p) // 2
+    return F.pad(t, [v for i in reversed(range(k)) for v in (p[i], p[i + k])], value=value)
+
+
+def slice_(t: torch.Tensor, starts, ends, axes=None, steps=None) -> torch.Tensor:
+    """ONNX Slice (non-negative steps) in torch."""
+    axes = list(axes) if axes is not None else list(range(len(starts)))
+    steps = list(steps) if steps is not None else [1] * len(starts)
+    index = [slice(None)] * t.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if st < 1:
+            raise NotImplementedError("Slice with a negative step")
+        index[int(a)] = slice(int(s), int(min(e, t.shape[int(a)])), int(st))
+    return t[tuple(index)]
+
+
 def run_node(node, x: list) -> torch.Tensor:
     """One node of ONNX Runtime's optimized graph in torch; integer tensors are held in float32."""
     op, at = node.op_type, reference.check_attributes(node)  # an attribute modelled nowhere never passes silently
     get = (lambda i: x[i] if i < len(x) else None)
     if op == "QuantizeLinear":
-        return deploy.quantize_linear(get(0), _scalar(get(1)), int(_scalar(get(2))))
+        return deploy.quantize_linear(get(0), scalar(get(1)), int(scalar(get(2))))
     if op == "DequantizeLinear":
         s, z = get(1), get(2)
         if s.numel() > 1 and at.get("axis", 1) != 1:
             raise NotImplementedError(f"DequantizeLinear per channel on axis {at['axis']} (node {node.name})")
         shape = (1, -1) + (1,) * (get(0).ndim - 2) if s.numel() > 1 else ()
-        return (get(0) - (z.reshape(shape) if z is not None and shape else _scalar(z))) * (s.reshape(shape) if shape else s.reshape(()))
+        return (get(0) - (z.reshape(shape) if z is not None and shape else scalar(z))) * (s.reshape(shape) if shape else s.reshape(()))
     if op == "QLinearConv":
         if at.get("channels_last", 0):
             raise NotImplementedError("channels_last QLinearConv")
         w_zero = get(5)
         if w_zero is not None and bool((w_zero != 0).any()):
             raise NotImplementedError("QLinearConv with a non-zero weight zero point")
-        return deploy.qlinear_conv(get(0), int(_scalar(get(2))), get(1).reshape(()), get(3), get(4).reshape(-1), get(8), get(6).reshape(()),
-                                   int(_scalar(get(7))), **_conv_kwargs(at))
+        return deploy.qlinear_conv(get(0), int(scalar(get(2))), get(1).reshape(()), get(3), get(4).reshape(-1), get(8), get(6).reshape(()),
+                                   int(scalar(get(7))), **conv_kwargs(at))
     if op == "QLinearAdd":
-        return deploy.qlinear_add(get(0), get(1).reshape(()), int(_scalar(get(2))), get(3), get(4).reshape(()), int(_scalar(get(5))),
-                                  get(6).reshape(()), int(_scalar(get(7))))
+        return deploy.qlinear_add(get(0), get(1).reshape(()), int(scalar(get(2))), get(3), get(4).reshape(()), int(scalar(get(5))),
+                                  get(6).reshape(()), int(scalar(get(7))))
     if op in ("Conv", "FusedConv"):
-        y = F.conv2d(get(0), get(1), get(2), **_conv_kwargs(at))
+        y = F.conv2d(get(0), get(1), get(2), **conv_kwargs(at))
         act = at.get("activation")
         if act not in (None, b"Relu", "Relu"):
             raise NotImplementedError(f"FusedConv activation {act!r}")
@@ -72,11 +100,9 @@ def run_node(node, x: list) -> torch.Tensor:
     if op == "GlobalAveragePool":
         return get(0).mean(dim=(2, 3), keepdim=True)
     if op == "MaxPool":
-        pads = list(at.get("pads", [0, 0, 0, 0]))
-        xp = F.pad(get(0), (pads[1], pads[3], pads[0], pads[2]), value=-float("inf"))
-        return F.max_pool2d(xp, at["kernel_shape"], at.get("strides", at["kernel_shape"]), ceil_mode=bool(at.get("ceil_mode", 0)))
+        return max_pool(get(0), at)
     if op == "Clip":
-        return torch.clamp(get(0), _scalar(get(1), -float("inf")), _scalar(get(2), float("inf")))
+        return torch.clamp(get(0), scalar(get(1), -float("inf")), scalar(get(2), float("inf")))
     if op == "Relu":
         return F.relu(get(0))
     if op == "Identity":
@@ -86,21 +112,10 @@ def run_node(node, x: list) -> torch.Tensor:
     if op == "Pad":
         if get(3) is not None or at.get("mode", b"constant") not in (b"constant", "constant"):
             raise NotImplementedError("Pad other than constant over every axis")
-        p = [int(v) for v in get(1).tolist()]
-        k = len(p) // 2
-        torch_pads = [v for i in reversed(range(k)) for v in (p[i], p[i + k])]
-        return F.pad(get(0), torch_pads, value=_scalar(get(2)))
+        return pad(get(0), get(1).tolist(), scalar(get(2)))
     if op == "Slice":
-        t = get(0)
-        starts, ends = get(1).tolist(), get(2).tolist()
-        axes = get(3).tolist() if get(3) is not None else list(range(len(starts)))
-        steps = get(4).tolist() if get(4) is not None else [1] * len(starts)
-        index = [slice(None)] * t.ndim
-        for s, e, a, st in zip(starts, ends, axes, steps):
-            if st < 1:
-                raise NotImplementedError("Slice with a negative step")
-            index[int(a)] = slice(int(s), int(min(e, t.shape[int(a)])), int(st))
-        return t[tuple(index)]
+        return slice_(get(0), get(1).tolist(), get(2).tolist(), get(3).tolist() if get(3) is not None else None,
+                      get(4).tolist() if get(4) is not None else None)
     if op == "Add":
         return get(0) + get(1)
     raise NotImplementedError(f"replay has no {op} (node {node.name})")
