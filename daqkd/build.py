@@ -150,8 +150,12 @@ def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamo
         quant_lr=cfg.optim.quant_lr,
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         channels_last=bool(speed.get("channels_last", False)),
+        deploy=cfg.quantizer.get("deploy", "none") or "none",
+        freeze_bn_epoch=int(cfg.quantizer.get("freeze_bn_epoch", 0) or 0),
     )
-    if speed.get("compile", False) is True:  # nn.Module.compile: in place, so state_dict keys stay as they are
+    if speed.get("compile", False) is True and module.deploy == "int8":
+        log.info("not compiled: with quantizer.deploy=int8 every forward freezes the student and runs its integer graph")
+    elif speed.get("compile", False) is True:  # nn.Module.compile: in place, so state_dict keys stay as they are
         student.compile(backend=speed.get("compile_backend", "inductor"))
         teacher.compile(backend=speed.get("compile_backend", "inductor"))
     return module

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from daqkd.errors import TrainingDiverged
+from daqkd.export.deployed import Int8Forward, batchnorms, check_deploy, reestimate_batchnorm
 from daqkd.kd import Distiller, cross_entropy
 from daqkd.quant import quantizer_parameters
 from daqkd.torchutil import hard_labels
@@ -42,8 +43,13 @@ class QATKDModule(L.LightningModule):
         quant_lr: float,
         scheduler: Callable | None = None,
         channels_last: bool = False,
+        deploy: str = "none",
+        freeze_bn_epoch: int = 0,
+        bn_batches: int = 8,
     ):
         super().__init__()
+        self.deploy, self.freeze_bn_epoch, self.bn_batches = check_deploy(deploy), int(freeze_bn_epoch), int(bn_batches)
+        self.int8: Int8Forward | None = None  # deploy=int8, once active: the student's forward is its integer export's
         self.channels_last = channels_last
         if channels_last:  # NHWC weights; compute_loss gives the inputs the same layout
             student.to(memory_format=torch.channels_last)
@@ -59,7 +65,49 @@ class QATKDModule(L.LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # the teacher never uses batch statistics or dropout
+        if self.int8 is not None:  # deploy=int8: BatchNorm frozen (folded in the integer graph)
+            for bn in batchnorms(self.student):
+                bn.eval()
         return self
+
+    # ------------------------------------------------------------------ quantizer.deploy=int8
+
+    def activate_int8(self, bn_batches: list[torch.Tensor], calibration: torch.Tensor) -> None:
+        """From now on the student trains and evaluates through its integer export (daqkd.export.deployed):
+        BatchNorm statistics re-estimated on ``bn_batches`` and frozen, the stream's 8-bit ranges
+        calibrated on ``calibration`` as the export does."""
+        from daqkd.export.int8 import Int8Exporter
+        from daqkd.quant.convert import freeze
+
+        reestimate_batchnorm(self.student, bn_batches)
+        self._install_int8(Int8Exporter(freeze(self.student)[0], calibration).ranges)
+
+    def _install_int8(self, ranges: dict) -> None:
+        if self.int8 is not None:
+            self.int8.remove()
+        self.int8 = Int8Forward(self.student, ranges)
+        self.train(self.training)
+
+    def _activate_from_data(self) -> None:
+        dm = self.trainer.datamodule
+        batches = [x.to(self.device) for x, _ in dm.train_batches(self.bn_batches, self.current_epoch)]
+        self.activate_int8(batches, dm.calibration_batch(512).to(self.device))
+
+    def on_train_epoch_start(self) -> None:
+        if self.deploy == "int8" and self.int8 is None and self.current_epoch >= self.freeze_bn_epoch:
+            self._activate_from_data()
+
+    def on_test_start(self) -> None:
+        if self.deploy == "int8" and self.int8 is None:  # what is tested is the integer model, trained through or not
+            self._activate_from_data()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["deploy_int8"] = {"ranges": self.int8.ranges} if self.int8 is not None else None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("deploy_int8")
+        if state:
+            self._install_int8(state["ranges"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)

@@ -165,11 +165,19 @@ class Bits:
     a: int = allowed(4, check=_bits)
 
 
+def _deploy(value, key: str) -> None:
+    from daqkd.export.deployed import check_deploy
+
+    check_deploy(value)
+
+
 @dataclass
 class Quantizer:
     first_last: str = allowed("fp", check=_first_last)
     calibration_size: int = allowed(256, ge=1)
     output_scale: bool = allowed("true")
+    deploy: str = allowed("int8", check=_deploy)
+    freeze_bn_epoch: int = allowed(0, ge=0)
 
 
 @dataclass
@@ -303,7 +311,7 @@ def check(cfg: DictConfig) -> None:
 # whose config lacks one and a run that sets it to this value are the same setting (the report) and
 # the same config (a sweep's relaunch). Add a key here when adding one whose default keeps the old
 # behaviour.
-LATER_KEYS: dict[str, Any] = {"teacher.warmup_epochs": 0}
+LATER_KEYS: dict[str, Any] = {"teacher.warmup_epochs": 0, "quantizer.deploy": "none", "quantizer.freeze_bn_epoch": 0}
 
 
 def without_later_defaults(config: dict) -> dict:

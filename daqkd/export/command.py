@@ -69,7 +69,9 @@ def locate_run(target: str | Path) -> tuple[dict, Path]:
 
 
 def load_student(config: dict, ckpt: Path) -> tuple[nn.Module, nn.Module]:
-    """(the training-time student, the teacher architecture with the run's teacher weights) of a run."""
+    """(the training-time student, the teacher architecture with the run's teacher weights) of a run.
+    A student trained with quantizer.deploy=int8 comes with its integer forward installed
+    (``daqkd.export.deployed.Int8Forward``, as ``student.int8``): it is what was trained and tested."""
     from daqkd import build
     from daqkd.io import load_weights
 
@@ -87,6 +89,11 @@ def load_student(config: dict, ckpt: Path) -> tuple[nn.Module, nn.Module]:
                               f"{(missing or unexpected)[:3]}); was it written by another model or quantizer config?")
     if teacher_ckpt and Path(teacher_ckpt).is_file():
         load_weights(teacher, teacher_ckpt)
+    deployed = state.get("deploy_int8")
+    if deployed:
+        from daqkd.export.deployed import Int8Forward
+
+        student.int8 = Int8Forward(student, deployed["ranges"])
     return student, teacher.eval()
 
 
@@ -118,7 +125,8 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
     reference = predictions(student, loader)
     props = dict(dataset=cfg.dataset.name, model=cfg.model.name, quantizer=cfg.quantizer.name, bits_w=cfg.bits.w, bits_a=cfg.bits.a,
                  mean=dm.mean, std=dm.std, in_channels=dm.in_channels, image_size=dm.image_size, classes=dm.class_names)
-    report = {"checkpoint": str(ckpt), "bits_w": cfg.bits.w, "bits_a": cfg.bits.a, "quantizer": cfg.quantizer.name, **info,
+    report = {"checkpoint": str(ckpt), "bits_w": cfg.bits.w, "bits_a": cfg.bits.a, "quantizer": cfg.quantizer.name,
+              "deploy": "int8" if getattr(student, "int8", None) is not None else "none", **info,
               "test_images": len(reference)}
     report["agreement_frozen"] = share_equal(predictions(frozen, loader), reference)
     atomic_torch_save(frozen, out / "student_int.pt")
@@ -131,7 +139,9 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         for key, fused in (("agreement_onnx", False), ("agreement_onnx_fused", True)):
             report[key] = share_equal(predictions(onnx_session(out / "student.onnx", fused), loader), reference)
         try:
-            int8 = export_int8_onnx(frozen, dm.calibration_batch(512), out / "student_int8.onnx")
+            trained = getattr(student, "int8", None)  # deploy=int8: the ranges it was trained with
+            int8 = export_int8_onnx(frozen, dm.calibration_batch(512), out / "student_int8.onnx",
+                                    ranges=trained.ranges if trained is not None else None)
         except ExportError as e:
             report["int8"] = {"skipped": str(e)}
         else:

@@ -151,6 +151,7 @@ class Int8Exporter:
         self.ranges = ranges if ranges is not None else self._calibrate(calibration)
         self.g = graph if graph is not None else _Graph()
         self.values: dict[torch.fx.Node, object] = {}
+        self.layer_inputs: dict[str, object] = {}  # module name → the value its conv / linear reads (a _Q, or a float's name)
         self.fused_convs = 0
 
     @torch.no_grad()
@@ -232,7 +233,7 @@ class Int8Exporter:
         else:
             shift = headroom(top, layer.act.qmax if layer.act is not None else 255)
             j, scale = j * 2**shift, scale / 2**shift
-        return j.to(torch.int8).numpy(), scale.float().numpy()
+        return j.to(torch.int8).cpu().numpy(), scale.float().cpu().numpy()
 
     def conv(self, layer: FrozenLayer, x: _Q, out_grid: tuple[float, float] | None, extra_bias: float = 0.0) -> str:
         """DQ(x) → Conv(DQ(int8 w), DQ(int32 b)) [→ Q(out_grid)]; ONNX Runtime fuses it to QLinearConv."""
@@ -244,7 +245,7 @@ class Int8Exporter:
         w = self.g.op("DequantizeLinear", [wq, self.g.const("ws", w_scale), self.g.const("wz", np.zeros(len(w_scale), np.int8))], "dqw",
                       axis=0)
         b_scale = (np.float64(x.scale) * w_scale.astype(np.float64)).astype(np.float32)
-        bias = layer.bias.double().numpy() + extra_bias
+        bias = layer.bias.double().cpu().numpy() + extra_bias
         b_units = np.round(bias / b_scale)
         if not np.all(np.abs(b_units) < 2**31):
             raise ExportError(f"a conv bias of {float(np.abs(bias).max()):.3g} is {float(np.abs(b_units).max()):.3g} units of x_scale·w_scale, "
@@ -262,7 +263,7 @@ class Int8Exporter:
 
     def float_layer(self, layer: FloatLayer, x: str) -> str:
         m = layer.layer
-        w, b = self.g.const("w", m.weight.detach().numpy()), self.g.const("b", m.bias.detach().numpy())
+        w, b = self.g.const("w", m.weight.detach().cpu().numpy()), self.g.const("b", m.bias.detach().cpu().numpy())
         if isinstance(m, nn.Linear):
             return self.g.op("Gemm", [x, w, b], "fc", transB=1)
         return self.g.op("Conv", [x, w, b], "conv", strides=list(m.stride), pads=list(m.padding) * 2, dilations=list(m.dilation),
@@ -304,9 +305,11 @@ class Int8Exporter:
                 raise ExportError("a quantized layer without an activation quantizer has no integer-kernel form; export student.onnx")
             v = args[0]
             x = v if isinstance(v, _Q) and getattr(v, "grid", None) == _grid_key(m.act) else self.act_input(v, m)
+            self.layer_inputs[node.target] = x
             return self.conv_output(node, m, x)
         if isinstance(m, FloatLayer):
-            return self.float_layer(m, self.as_float(args[0]))
+            x = self.layer_inputs[node.target] = self.as_float(args[0])
+            return self.float_layer(m, x)
         if isinstance(m, nn.Identity):
             return args[0]
         if isinstance(m, nn.BatchNorm2d):

@@ -1,0 +1,69 @@
+"""quantizer.deploy=int8: the student's forward is its integer export's, with the fake-quantized
+student's gradients (daqkd.export.deployed)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from daqkd.export.deployed import Int8Forward, batchnorms, check_deploy, reestimate_batchnorm
+from daqkd.export.int8 import Int8Exporter, int8_forward
+from daqkd.models.resnet_cifar import resnet20
+from daqkd.quant.base import calibrate, quantize_model
+from daqkd.quant.convert import freeze
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 28, 28)
+    t = resnet20(10, 1).train()
+    with torch.no_grad():
+        for _ in range(3):  # BatchNorm statistics of their own, not the identity
+            t(x)
+    return t.eval(), x
+
+
+@pytest.mark.parametrize("name,bits", [("ewgs", 4), ("lsq", 2)])
+def test_the_deployed_forward_is_the_integer_graph_and_trains(net, quantizer_factories, name, bits):
+    teacher, x = net
+    wq, aq, scale = quantizer_factories[name]
+    student = quantize_model(copy.deepcopy(teacher), wq, aq, bits, bits, "fp", scale)
+    calibrate(student, x)
+    reestimate_batchnorm(student, [x[:16], x[16:]])
+    before = {id(bn): bn.running_mean.clone() for bn in batchnorms(student)}
+    ranges = Int8Exporter(freeze(student)[0], x).ranges
+    plain = student.eval()(x[:8]).detach()
+    hooks = Int8Forward(student, ranges)
+    student.train()
+    for bn in batchnorms(student):
+        bn.eval()
+    out = student(x[:8])
+    expected, _ = int8_forward(freeze(student)[0], x[:8], ranges=ranges)
+    assert torch.equal(out.detach(), expected)  # the forward value is the integer model's, bit for bit
+    assert not torch.equal(out.detach(), plain)  # ... which is not the fake-quantized student's
+    out.logsumexp(1).mean().backward()
+    grads = {n: p.grad for n, p in student.named_parameters()}
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert all(torch.equal(bn.running_mean, before[id(bn)]) for bn in batchnorms(student))  # frozen
+    hooks.remove()
+    assert torch.equal(student.eval()(x[:8]).detach(), plain)
+
+
+def test_batchnorm_reestimation_is_the_plain_average_and_restores_the_modes(net):
+    teacher, x = net
+    model = copy.deepcopy(teacher).eval()
+    bn = model.bn1
+    momentum = bn.momentum
+    reestimate_batchnorm(model, [x[:16], x[16:]])
+    with torch.no_grad():
+        h = torch.cat([model.conv1(x[:16]), model.conv1(x[16:])])
+    assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == momentum and not model.training and not bn.training
+
+
+def test_deploy_takes_only_its_modes():
+    assert check_deploy("int8") == "int8"
+    with pytest.raises(ValueError, match="quantizer.deploy='int4' is not a mode; expected one of none, int8"):
+        check_deploy("int4")
