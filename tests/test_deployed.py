@@ -67,3 +67,28 @@ def test_deploy_takes_only_its_modes():
     assert check_deploy("int8") == "int8"
     with pytest.raises(ValueError, match="quantizer.deploy='int4' is not a mode; expected one of none, int8"):
         check_deploy("int4")
+
+
+def test_the_export_check_passes_the_trained_arithmetic_and_refuses_a_wrong_one(net, quantizer_factories, tmp_path, monkeypatch):
+    from daqkd.errors import ExportError
+    from daqkd.export import replay
+    from daqkd.export.deployed import check_export
+    from daqkd.export.int8 import export_int8_onnx
+
+    teacher, x = net
+    wq, aq, scale = quantizer_factories["ewgs"]
+    student = quantize_model(copy.deepcopy(teacher), wq, aq, 4, 4, "fp", scale)
+    calibrate(student, x)
+    export_int8_onnx(freeze(student)[0], x, tmp_path / "int8.onnx")
+    ok = check_export(tmp_path / "int8.onnx", x[:8])
+    assert ok["integers"] > 100_000 and ok["differ"] == 0
+    run_node, seen = replay.run_node, []
+
+    def off_by_one(node, inputs):  # the second QLinearConv computes one step too high: a wiring bug, not a tie
+        y = run_node(node, inputs)
+        seen.append(node.op_type)
+        return y + 1 if node.op_type == "QLinearConv" and seen.count("QLinearConv") == 2 else y
+
+    monkeypatch.setattr(replay, "run_node", off_by_one)
+    with pytest.raises(ExportError, match=r"at QLinearConv \S+, \d+ of \d+ integers differ away from a rounding tie; not written"):
+        check_export(tmp_path / "int8.onnx", x[:8])

@@ -138,11 +138,18 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         report["files"]["onnx"] = str(out / "student.onnx")
         for key, fused in (("agreement_onnx", False), ("agreement_onnx_fused", True)):
             report[key] = share_equal(predictions(onnx_session(out / "student.onnx", fused), loader), reference)
+        trained = getattr(student, "int8", None)  # deploy=int8: the ranges it was trained with, and a check before writing
+        partial = out / "student_int8.onnx.partial"
         try:
-            trained = getattr(student, "int8", None)  # deploy=int8: the ranges it was trained with
-            int8 = export_int8_onnx(frozen, dm.calibration_batch(512), out / "student_int8.onnx",
-                                    ranges=trained.ranges if trained is not None else None)
+            int8 = export_int8_onnx(frozen, dm.calibration_batch(512), partial, ranges=trained.ranges if trained is not None else None)
+            if trained is not None:
+                from daqkd.export.deployed import check_export
+
+                deploy_check = check_export(partial, torch.cat([x for x, _ in loader])[:256])
+            partial.replace(out / "student_int8.onnx")
+            int8["path"] = str(out / "student_int8.onnx")
         except ExportError as e:
+            partial.unlink(missing_ok=True)
             report["int8"] = {"skipped": str(e)}
         else:
             stamp(out / "student_int8.onnx", metadata(**props, form="integer kernels (int8)"))
@@ -152,6 +159,8 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
             report["int8"] = {"quantized_convs": int8["quantized_convs"], "ort_ops": fused_ops(out / "student_int8.onnx"),
                               "agreement": share_equal(int8_preds, reference),
                               "test_acc": share_equal(int8_preds, labels), "student_test_acc": share_equal(reference, labels)}
+            if trained is not None:
+                report["int8"]["deploy_check"] = deploy_check
     if bench and onnx:  # only the forms this export wrote (main refuses --bench with --no-onnx)
         export_onnx(teacher, out / "teacher_fp.onnx", shape)
         stamp(out / "teacher_fp.onnx", metadata(**{**props, "quantizer": "fp", "bits_w": 32, "bits_a": 32}, form="FP teacher"))

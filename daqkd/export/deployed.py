@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from daqkd.errors import ExportError
+from daqkd.export import reference, replay
 from daqkd.export.eager import Dq, EagerGraph
 from daqkd.export.int8 import _Q, Int8Exporter
 from daqkd.quant.base import QuantLayerMixin
@@ -135,3 +137,22 @@ class Int8Forward:
             return None
         x = args[0]
         return (x + (self._values[name].to(x.dtype) - x).detach(),) + tuple(args[1:])
+
+
+def check_export(path, images: torch.Tensor) -> dict:
+    """A ``deploy=int8`` student's ``student_int8.onnx`` against the trained model on ``images``: ONNX
+    Runtime end to end against the replay of its graph in torch, which is the trained forward's
+    arithmetic (``daqkd.export.eager`` equals it bit for bit: tests/test_reference.py). An ExportError
+    naming the first node whose integers differ away from a tie, unless that node is one where ONNX
+    Runtime's u8×s8 kernel may saturate int16 on a CPU without VNNI (the reference's ``int16_risk``:
+    8-bit layers), which is recorded instead. Returns the counts (integers, ties, differing)."""
+    check = replay.compare(path, images)
+    out = {"integers": check.integers, "ties": check.ties, "differ": check.differ}
+    if check.differ:
+        node = check.first.split()[-1]
+        risky = {n.name for n in reference.compare(path, images.numpy()).nodes if n.int16_risk}
+        if node not in risky:
+            raise ExportError(f"student_int8.onnx would not compute the trained deploy=int8 model: at {check.first}, {check.differ} of "
+                              f"{check.integers} integers differ away from a rounding tie; not written (report it with the run folder)")
+        out["int16_saturation_from"] = node
+    return out
