@@ -108,6 +108,10 @@ class QATKDModule(L.LightningModule):
         state = checkpoint.get("deploy_int8")
         if state:
             self._install_int8(state["ranges"])
+        elif self.int8 is not None:  # a checkpoint from before activation (freeze_bn_epoch > 0): the plain student again
+            self.int8.remove()
+            self.int8 = None
+            self.train(self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
