@@ -45,7 +45,8 @@ def rows(root: Path) -> list[dict]:
             continue
         export = _read(folder, "export/export.json") or {}
         int8 = export.get("int8") or {}
-        out.append({**m.groupdict(), "test_acc": 100 * result["student"]["test_acc"], "commit": (result.get("provenance") or {}).get("git_commit") or "",
+        commit = (result.get("provenance") or {}).get("git_commit") or ""
+        out.append({**m.groupdict(), "test_acc": 100 * result["student"]["test_acc"], "commit": commit,
                     "agreement": 100 * int8["agreement"] if "agreement" in int8 else None,
                     "int8_acc": 100 * int8["test_acc"] if "test_acc" in int8 else None, "check": int8.get("deploy_check")})
     return out

@@ -92,3 +92,31 @@ def test_the_export_check_passes_the_trained_arithmetic_and_refuses_a_wrong_one(
     monkeypatch.setattr(replay, "run_node", off_by_one)
     with pytest.raises(ExportError, match=r"at QLinearConv \S+, \d+ of \d+ integers differ away from a rounding tie; not written"):
         check_export(tmp_path / "int8.onnx", x[:8])
+
+
+def test_a_deploy_module_trains_the_integer_model_and_carries_it_in_its_checkpoint(make_cfg, make_module, fmnist_batch):
+    """quantizer.deploy=int8 in the LightningModule: activation (BatchNorm re-estimated and frozen,
+    ranges calibrated) makes the training loss the integer model's; the checkpoint carries the ranges,
+    and a fresh module loading it computes the same logits."""
+    dm, module = make_module(make_cfg("quantizer.deploy=int8"))
+    x, y = fmnist_batch
+    dm.setup()
+    module.activate_int8([x[:32], x[32:]], dm.calibration_batch(64))
+    module.train()
+    assert not any(bn.training for bn in batchnorms(module.student)) and module.student.training
+    loss, _, logits = module.compute_loss((x[:16], y[:16]))
+    expected, _ = int8_forward(freeze(module.student)[0], x[:16], ranges=module.int8.ranges)
+    assert torch.equal(logits.detach(), expected)
+    loss.backward()
+    assert all(p.grad is not None for p in module.student.parameters())
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    _, fresh = make_module(make_cfg("quantizer.deploy=int8"))
+    fresh.student.load_state_dict(module.student.state_dict())
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.eval()
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x[:16]), module(x[:16]))
+    fresh.on_load_checkpoint({"deploy_int8": None})  # a checkpoint from before activation: the plain student again
+    assert fresh.int8 is None
