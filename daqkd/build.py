@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from daqkd.compile import AutoCompile, compile_key
 from daqkd.data import ImageDataModule
+from daqkd.errors import ConfigError, ExportError
 from daqkd.io import AtomicCheckpointIO
 from daqkd.kd import Distiller, feature_shapes
 from daqkd.metric.scoring import Selection
@@ -153,6 +154,13 @@ def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamo
         deploy=cfg.quantizer.get("deploy", "none") or "none",
         freeze_bn_epoch=int(cfg.quantizer.get("freeze_bn_epoch", 0) or 0),
     )
+    if module.deploy == "int8":
+        devices = cfg.trainer.get("devices", 1)
+        if build_device(cfg).type != "cpu" or devices not in (1, "1", None):
+            raise ConfigError(f"quantizer.deploy=int8 trains on one CPU process for now (this run: {build_device(cfg).type}, "
+                              f"trainer.devices={devices}); add trainer.accelerator=cpu trainer.devices=1")
+        if datamodule is not None:
+            _check_int8_form(student, datamodule)
     if speed.get("compile", False) is True and module.deploy == "int8":
         log.info("not compiled: with quantizer.deploy=int8 every forward freezes the student and runs its integer graph")
     elif speed.get("compile", False) is True:  # nn.Module.compile: in place, so state_dict keys stay as they are
@@ -195,6 +203,19 @@ def build_selection(cfg: DictConfig, datamodule: ImageDataModule, teacher: nn.Mo
                   metric.batch_size, metric.seed, str(cfg.paths.output_dir), chunk=metric.get("chunk"), stop_z=metric.get("stop_z", 3.0))
 
 
+def _check_int8_form(student: nn.Module, datamodule: ImageDataModule) -> None:
+    """quantizer.deploy=int8 needs a student the integer exporter can write (a CIFAR ResNet, ResNet-18
+    or VGG with unsigned activation grids, ...): walked once on 4 images at build, so that a student it
+    cannot write stops now with the exporter's reason, not at the epoch deploy takes over."""
+    from daqkd.export.int8 import Int8Exporter
+    from daqkd.quant.convert import freeze
+
+    try:
+        Int8Exporter(freeze(student)[0], datamodule.calibration_batch(4)).emit()
+    except ExportError as e:
+        raise ExportError(f"quantizer.deploy=int8 cannot train this student through an integer form: {e}") from None
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """``callbacks.*`` (checkpointing), the quantizer's own callback (EWGS δ), if any, and
     ``speed.compile=auto``'s decision (daqkd.compile)."""
@@ -202,7 +223,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     if cfg.quantizer.get("callback") is not None:
         callbacks.append(instantiate(cfg.quantizer.callback))
     speed = cfg.get("speed") or {}
-    if speed.get("compile", False) == "auto":
+    if speed.get("compile", False) == "auto" and cfg.quantizer.get("deploy", "none") != "int8":  # deploy=int8 forwards are not compilable
         callbacks.append(AutoCompile(compile_key(cfg, build_device(cfg).type), cfg.paths.cache_dir, speed.get("compile_backend", "inductor"),
                                      speed.get("compile_payback", 20)))
     return callbacks

@@ -15,6 +15,8 @@ from daqkd.kd import Distiller, cross_entropy
 from daqkd.quant import quantizer_parameters
 from daqkd.torchutil import hard_labels
 
+MIN_GAMMA = 1e-4  # deploy=int8: the least BatchNorm γ (a γ ≤ 0 cannot be folded into a positive weight scale)
+
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss):
@@ -96,6 +98,13 @@ class QATKDModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.deploy == "int8" and self.int8 is None and self.current_epoch >= self.freeze_bn_epoch:
             self._activate_from_data()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.int8 is not None:  # a folded BatchNorm's γ/σ is a DequantizeLinear scale: it must stay positive
+            with torch.no_grad():
+                for bn in batchnorms(self.student):
+                    if bn.affine:
+                        bn.weight.clamp_(min=MIN_GAMMA)
 
     def on_test_start(self) -> None:
         if self.deploy == "int8" and self.int8 is None:  # what is tested is the integer model, trained through or not

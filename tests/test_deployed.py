@@ -42,6 +42,9 @@ def test_the_deployed_forward_is_the_integer_graph_and_trains(net, quantizer_fac
     out = student(x[:8])
     expected, _ = int8_forward(freeze(student)[0], x[:8], ranges=ranges)
     assert torch.equal(out.detach(), expected)  # the forward value is the integer model's, bit for bit
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision leaves the integer graph in float32
+        mixed = student(x[:8])
+    assert torch.equal(mixed.detach(), expected.to(mixed.dtype))
     assert not torch.equal(out.detach(), plain)  # ... which is not the fake-quantized student's
     out.logsumexp(1).mean().backward()
     grads = {n: p.grad for n, p in student.named_parameters()}
@@ -53,14 +56,15 @@ def test_the_deployed_forward_is_the_integer_graph_and_trains(net, quantizer_fac
 
 def test_batchnorm_reestimation_is_the_plain_average_and_restores_the_modes(net):
     teacher, x = net
-    model = copy.deepcopy(teacher).eval()
-    bn = model.bn1
-    momentum = bn.momentum
-    reestimate_batchnorm(model, [x[:16], x[16:]])
-    with torch.no_grad():
-        h = torch.cat([model.conv1(x[:16]), model.conv1(x[16:])])
-    assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert bn.momentum == momentum and not model.training and not bn.training
+    for mode in (False, True):
+        model = copy.deepcopy(teacher).train(mode)
+        bn = model.bn1
+        momentum = bn.momentum
+        reestimate_batchnorm(model, [x[:16], x[16:]])
+        with torch.no_grad():
+            h = torch.cat([model.conv1(x[:16]), model.conv1(x[16:])])
+        assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert bn.momentum == momentum and model.training == mode and bn.training == mode
 
 
 def test_deploy_takes_only_its_modes():

@@ -244,12 +244,13 @@ def test_compare_names_a_wrong_input_and_an_empty_comparison(tmp_path):
         replay.compare(tmp_path / "m.onnx", images, input_name="x")
 
 
-@pytest.mark.parametrize("nudge,ties,differ", [(0, 0, 0), ("ulp", 1, 0), (0.6, 0, 1)])
-def test_the_replay_counts_a_float_tie_and_nothing_else(tmp_path, monkeypatch, nudge, ties, differ):
+@pytest.mark.parametrize("x,nudge,ties,differ", [(2.5, 0, 0, 0), (2.5, "ulp", 1, 0), (2.5, 0.6, 0, 1), (2.1, "q+1", 0, 1)])
+def test_the_replay_counts_a_float_tie_and_nothing_else(tmp_path, monkeypatch, x, nudge, ties, differ):
     """A float convolution whose output lies on a rounding boundary (2.5, scale 1) and a QuantizeLinear:
     the replay's float nudged by one unit in the last place (as another CPU's summation order may do)
     rounds the other way, a tie within the derived bound, counted and taken from ONNX Runtime; nudged by
-    0.6 it is a real difference."""
+    0.6 it is a real difference; and a QuantizeLinear one step off from equal inputs away from any
+    boundary (2.1) is a difference, not a tie."""
     import onnx
 
     from daqkd.export import replay
@@ -264,13 +265,15 @@ def test_the_replay_counts_a_float_tie_and_nothing_else(tmp_path, monkeypatch, n
     onnx.save(model, tmp_path / "m.onnx")
     run_node = replay.run_node
 
-    def nudged(node, x):
-        y = run_node(node, x)
+    def nudged(node, inputs):
+        y = run_node(node, inputs)
+        if nudge == "q+1":
+            return y + 1 if node.op_type == "QuantizeLinear" else y
         if node.op_type not in ("Conv", "FusedConv") or not nudge:
             return y
         return torch.nextafter(y, torch.full_like(y, 9.0)) if nudge == "ulp" else y + nudge
 
     monkeypatch.setattr(replay, "run_node", nudged)
-    check = replay.compare(tmp_path / "m.onnx", np.full((1, 1, 1, 1), 2.5, np.float32))
+    check = replay.compare(tmp_path / "m.onnx", np.full((1, 1, 1, 1), x, np.float32))
     assert (check.integers, check.ties, check.differ) == (1, ties, differ)
     assert check.first == ("QuantizeLinear q" if differ else None)

@@ -9,6 +9,7 @@ README, "Exporting a student", says what each file holds and how to load it."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 from pathlib import Path
 
@@ -141,17 +142,23 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         trained = getattr(student, "int8", None)  # deploy=int8: the ranges it was trained with, and a check before writing
         partial = out / "student_int8.onnx.partial"
         try:
+            if trained is None and (cfg.quantizer.get("deploy") or "none") == "int8":
+                raise ExportError(f"{ckpt.name} was saved before quantizer.deploy=int8 took over (an epoch before quantizer.freeze_bn_epoch), "
+                                  "so it holds no integer model to write; export a later checkpoint (checkpoints/last.ckpt)")
             int8 = export_int8_onnx(frozen, dm.calibration_batch(512), partial, ranges=trained.ranges if trained is not None else None)
             if trained is not None:
                 from daqkd.export.deployed import check_export
 
-                deploy_check = check_export(partial, torch.cat([x for x, _ in loader])[:256])
+                images = torch.cat([x for x, _ in itertools.islice(loader, -(-256 // (loader.batch_size or 256)))])[:256]
+                deploy_check = check_export(partial, images)
             partial.replace(out / "student_int8.onnx")
             int8["path"] = str(out / "student_int8.onnx")
         except ExportError as e:
-            partial.unlink(missing_ok=True)
+            (out / "student_int8.onnx").unlink(missing_ok=True)  # an earlier export's file would no longer match export.json
             report["int8"] = {"skipped": str(e)}
-        else:
+        finally:
+            partial.unlink(missing_ok=True)
+        if "skipped" not in report.get("int8", {}):
             stamp(out / "student_int8.onnx", metadata(**props, form="integer kernels (int8)"))
             report["files"]["int8"] = int8["path"]
             labels = torch.cat([y for _, y in loader])
@@ -198,8 +205,11 @@ def main(argv: list[str] | None = None) -> None:
 def summary(report: dict) -> str:
     """What ``export`` wrote and checked, as lines and (with ``--bench``) a table; export.json has all."""
     files = report["files"]
+    deployed = report.get("deploy") == "int8"
     lines = [f"wrote {', '.join(Path(f).name for f in files.values())} into {Path(files['frozen']).parent}",
-             f"agreement with the training-time student on {report['test_images']} test images: frozen {report['agreement_frozen']:.2%}"
+             f"agreement with the training-time student on {report['test_images']} test images"
+             + (" (trained with quantizer.deploy=int8: it is the integer model; the exact forms below leave out its roundings)"
+                if deployed else "") + f": frozen {report['agreement_frozen']:.2%}"
              + (f", student.onnx {report['agreement_onnx']:.2%} (fused {report['agreement_onnx_fused']:.2%})" if "agreement_onnx" in report else "")]
     sizes = report["bytes"]
     lines.append("sizes: " + ", ".join(f"{Path(files[k]).name} {sizes[k] / 1e6:.2f} MB" for k in files if k in sizes)
@@ -210,6 +220,12 @@ def summary(report: dict) -> str:
     elif int8:
         lines.append(f"student_int8.onnx: agreement {int8['agreement']:.2%}, test accuracy {int8['test_acc']:.2%} "
                      f"(student {int8['student_test_acc']:.2%}), {int8['quantized_convs']} quantized convs")
+        check = int8.get("deploy_check")
+        if check:
+            lines.append(f"student_int8.onnx computes the trained integers: {check['integers']:,} compared on 256 test images, "
+                         f"{check['differ']} differ away from a rounding tie, {check['ties']} at ties"
+                         + (f" (from {check['int16_saturation_from']} on: ONNX Runtime's u8×s8 kernel saturates int16 on this CPU)"
+                            if "int16_saturation_from" in check else ""))
     bench = report.get("bench")
     if bench:
         fp = bench["teacher_fp"]

@@ -184,11 +184,12 @@ def _float_gap(node, mine_in: list, theirs_in: list, consts: dict) -> np.ndarray
 
 def compare(path: str | Path, images, input_name: str = "image") -> ReplayCheck:
     """The replay against ONNX Runtime on ``images`` (a tensor or an array), end to end: each side
-    computes from its own values. An integer may differ only at a **tie**: where the reference
-    (``daqkd.export.reference``) finds ONNX Runtime's inputs to the node within its kernel's rounding
-    of a half integer, or where a QuantizeLinear reads a float that the two sides computed from equal
-    inputs and that differs by no more than the two kernels' derived bounds (a float convolution sums
-    in an order of its own on each CPU). A tie is counted, and the replay takes ONNX Runtime's integer
+    computes from its own values. An integer may differ, by one, only at a **tie**: where both sides
+    read equal inputs and the reference (``daqkd.export.reference``) finds the value within the
+    kernel's rounding of a half integer, or where a QuantizeLinear reads a float that the two sides
+    computed from equal inputs, the two floats differ by no more than the two kernels' derived bounds
+    (a float convolution sums in an order of its own on each CPU) and ONNX Runtime's x/s lies within
+    that much of a half integer. A tie is counted, and the replay takes ONNX Runtime's integer
     there, so that what follows is compared from equal inputs; any other difference is counted in
     ``differ`` and the replay goes on from its own values. A ValueError when the graph has no integer
     node: nothing would be compared."""
@@ -225,12 +226,16 @@ def compare(path: str | Path, images, input_name: str = "image") -> ReplayCheck:
         if diff.any():
             tie = np.zeros_like(diff)
             if all(m is None or np.array_equal(m, t) for m, t in zip(mine_in, theirs_in)):
-                out = reference.run_node(node, theirs_in, consts)
+                out = reference.run_node(node, theirs_in, consts)  # equal inputs: only the reference's ties
                 if isinstance(out, reference.Out) and out.is_int:
                     tie |= out.ties
-            if node.op_type == "QuantizeLinear" and node.input[0] in gaps:
-                x = node.input[0]
-                tie |= np.abs(mine_in[0].astype(np.float64) - theirs[x]) <= gaps[x]
+            elif node.op_type == "QuantizeLinear" and node.input[0] in gaps:
+                # floats that differ within the two kernels' bounds, and ONNX Runtime's x/s within that
+                # much of a half integer: the two sides rounded a value on a boundary differently
+                x, scale = node.input[0], np.float64(scalar(theirs_in[1]))
+                v = theirs[x].astype(np.float64) / scale
+                near = np.abs(v - np.floor(v) - 0.5) <= gaps[x] / scale + 2 * reference.U * np.abs(v)
+                tie |= (np.abs(mine_in[0].astype(np.float64) - theirs[x]) <= gaps[x]) & near
             tie &= diff & (np.abs(mine.astype(np.int64) - got.astype(np.int64)) == 1)
             ties += int(tie.sum())
             diff &= ~tie

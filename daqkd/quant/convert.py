@@ -308,6 +308,10 @@ def freeze(student: nn.Module) -> tuple[nn.Module, dict]:
     """The integer module of a trained student (eval mode, BatchNorm folded where allowed), and a
     summary: layers, BatchNorms folded and kept, integer weight count."""
     student = copy.deepcopy(student).eval()
+    for m in student.modules():  # the copy is a plain module: no hooks (feature taps, deploy=int8's forward) ride along
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    student.__dict__.pop("int8", None)
     pairs = conv_bn_pairs(student)
     frozen = {}
     for name, m in list(student.named_modules()):
