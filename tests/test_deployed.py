@@ -124,3 +124,12 @@ def test_a_deploy_module_trains_the_integer_model_and_carries_it_in_its_checkpoi
         assert torch.equal(fresh(x[:16]), module(x[:16]))
     fresh.on_load_checkpoint({"deploy_int8": None})  # a checkpoint from before activation: the plain student again
     assert fresh.int8 is None
+
+
+def test_deploy_refuses_what_it_cannot_train_when_the_run_is_built(make_cfg, make_module):
+    from daqkd.errors import ConfigError, ExportError
+
+    with pytest.raises(ConfigError, match=r"quantizer.deploy=int8 trains on one CPU process for now .*trainer.devices=2\)"):
+        make_module(make_cfg("quantizer.deploy=int8", "trainer.devices=2"))
+    with pytest.raises(ExportError, match="quantizer.deploy=int8 cannot train this student through an integer form: "):
+        make_module(make_cfg("quantizer.deploy=int8", "model=mobilenetv2"))
