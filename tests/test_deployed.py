@@ -133,3 +133,15 @@ def test_deploy_refuses_what_it_cannot_train_when_the_run_is_built(make_cfg, mak
         make_module(make_cfg("quantizer.deploy=int8", "trainer.devices=2"))
     with pytest.raises(ExportError, match="quantizer.deploy=int8 cannot train this student through an integer form: "):
         make_module(make_cfg("quantizer.deploy=int8", "model=mobilenetv2"))
+
+
+def test_a_student_copied_during_an_ewgs_delta_estimate_leaves_the_captured_output_behind():
+    """deploy=int8 freezes (deep-copies) the student in every forward, also inside the EWGS δ estimate,
+    where each quantizer holds its output (a non-leaf tensor, which deepcopy refuses)."""
+    from daqkd.quant import EWGSQuantizer
+
+    q = EWGSQuantizer(bits=4, signed=False, role="activation", delta_mode="fixed")
+    q.capture = True
+    q(torch.rand(8, requires_grad=True) * 2)
+    assert q.captured is not None and q.captured.grad_fn is not None
+    assert copy.deepcopy(q).captured is None and q.captured is not None

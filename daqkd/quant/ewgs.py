@@ -106,6 +106,10 @@ class EWGSQuantizer(Quantizer):
         self.capture = False  # set by the Hessian estimator to keep x_q for autograd
         self.captured: torch.Tensor | None = None
 
+    def __getstate__(self):  # a copy (deploy=int8's freeze during a δ estimate) or a pickle leaves the captured output behind
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {**state, "captured": None}
+
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """[l, u] of least quantization MSE (``mse_range``): symmetric about 0 for weights, shrunk
