@@ -1,6 +1,6 @@
 """The cost of ``quantizer.deploy=int8`` and the agreement of its export, from a folder of runs.
 
-    python scripts/deploy_cost.py results/deploy_int8          # run folders named <q>_w<b>a<b>_<deploy>_e<epochs>_s<seed>
+    python scripts/deploy_cost.py results/deploy_int8   # run folders <q>_w<b>a<b>_<deploy>_e<epochs>[f<freeze_bn_epoch>]_s<seed>
 
 Each run folder holds results.json (the student's test accuracy: for a deploy=int8 run, the integer
 model's) and export/export.json (student_int8.onnx's agreement with the trained student and its test
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from daqkd.significance import paired
 
-NAME = re.compile(r"(?P<q>[a-z]+)_w(?P<w>\d+)a(?P<a>\d+)_(?P<deploy>int8|none)_e(?P<epochs>\d+)_s(?P<seed>\d+)$")
+NAME = re.compile(r"(?P<q>[a-z]+)_w(?P<w>\d+)a(?P<a>\d+)_(?P<deploy>int8|none)_e(?P<epochs>\d+)(?:f(?P<freeze>\d+))?_s(?P<seed>\d+)$")
 
 
 def _read(folder: Path, name: str) -> dict | None:
@@ -52,6 +52,10 @@ def rows(root: Path) -> list[dict]:
     return out
 
 
+def label(r: dict) -> str:
+    return "none" if r["deploy"] == "none" else f"int8 from epoch {r.get('freeze') or 0}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
@@ -66,17 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         check = r["check"]
         counts = f"{check['integers']:,}, {check['ties']}, {check['differ']}" if check else "–"
         fmt = (lambda v: f"{v:.2f} %" if v is not None else "–")
-        print(f"| {r['q']} W{r['w']}A{r['a']} {r['deploy']} {r['epochs']} ep seed {r['seed']} | {fmt(r['test_acc'])} | {fmt(r['agreement'])} "
+        print(f"| {r['q']} W{r['w']}A{r['a']} {label(r)}, {r['epochs']} ep, seed {r['seed']} | {fmt(r['test_acc'])} | {fmt(r['agreement'])} "
               f"| {fmt(r['int8_acc'])} | {counts} |")
     acc: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in runs:
-        acc[(r["q"], r["w"], r["a"], r["epochs"])][r["deploy"]][int(r["seed"])] = r["test_acc"]
+        acc[(r["q"], r["w"], r["a"], r["epochs"])][label(r)][int(r["seed"])] = r["test_acc"]
     print()
-    print("| setting | int8 − none, test acc (pt) |")
+    print("| setting | deploy=int8 − none, test acc (pt) |")
     print("| --- | --- |")
     for (q, w, a, e), by in sorted(acc.items()):
-        if "int8" in by and "none" in by:
-            print(f"| {q} W{w}A{a}, {e} ep | {paired(by['int8'], by['none']).text(' pt')} |")
+        for name in sorted(k for k in by if k != "none"):
+            if "none" in by:
+                print(f"| {q} W{w}A{a}, {e} ep, {name} | {paired(by[name], by['none']).text(' pt')} |")
     print()
     print("commits:", ", ".join(sorted({r["commit"][:7] for r in runs if r["commit"]})) or "–")
     return 0
