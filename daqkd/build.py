@@ -27,7 +27,7 @@ from daqkd.metric.scoring import Selection
 from daqkd.metric.select import choose, restore, rule_from_config
 from daqkd.models import default_feature_layers
 from daqkd.module import QATKDModule
-from daqkd.quant import calibrate, quantize_model
+from daqkd.quant import calibrate, quant_layers, quantize_model
 from daqkd.teacher import TeacherInfo, TeacherRecipe, cache_path, resolve_teacher
 
 log = logging.getLogger("daqkd")
@@ -155,6 +155,13 @@ def build_module(cfg: DictConfig, student: nn.Module, teacher: nn.Module, datamo
         freeze_bn_epoch=int(cfg.quantizer.get("freeze_bn_epoch", 0) or 0),
     )
     if module.deploy == "int8":
+        if not any(True for _ in quant_layers(student)):
+            raise ConfigError("quantizer.deploy=int8 needs a quantized student (quantizer=ewgs, lsq, pact or dorefa), not "
+                              f"quantizer={cfg.quantizer.name}; drop quantizer.deploy=int8 or pick a quantizer")
+        epochs, start = cfg.trainer.get("max_epochs"), module.freeze_bn_epoch
+        if epochs is not None and epochs >= 0 and start >= epochs:
+            raise ConfigError(f"quantizer.freeze_bn_epoch={start} is never reached in trainer.max_epochs={epochs}: the integer model would "
+                              f"never be trained; set quantizer.freeze_bn_epoch to at most {max(epochs - 1, 0)}")
         devices = cfg.trainer.get("devices", 1)
         if build_device(cfg).type != "cpu" or devices not in (1, "1", None):
             raise ConfigError(f"quantizer.deploy=int8 trains on one CPU process for now (this run: {build_device(cfg).type}, "
@@ -213,7 +220,8 @@ def _check_int8_form(student: nn.Module, datamodule: ImageDataModule) -> None:
     try:
         Int8Exporter(freeze(student)[0], datamodule.calibration_batch(4)).emit()
     except ExportError as e:
-        raise ExportError(f"quantizer.deploy=int8 cannot train this student through an integer form: {e}") from None
+        raise ExportError(f"quantizer.deploy=int8 cannot train this student through an integer form ({e}); it needs a CIFAR ResNet, "
+                          "ResNet-18 or VGG with quantizer.first_last=fp: change those, or drop quantizer.deploy=int8") from None
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

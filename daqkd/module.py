@@ -1,6 +1,7 @@
 """The LightningModule: a quantized student trained with QAT+KD from a frozen FP teacher."""
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -14,6 +15,8 @@ from daqkd.export.deployed import Int8Forward, batchnorms, check_deploy, reestim
 from daqkd.kd import Distiller, cross_entropy
 from daqkd.quant import quantizer_parameters
 from daqkd.torchutil import hard_labels
+
+log = logging.getLogger(__name__)
 
 MIN_GAMMA = 1e-4  # deploy=int8: the least BatchNorm γ (a γ ≤ 0 cannot be folded into a positive weight scale)
 
@@ -83,6 +86,9 @@ class QATKDModule(L.LightningModule):
 
         reestimate_batchnorm(self.student, bn_batches)
         self._install_int8(Int8Exporter(freeze(self.student)[0], calibration).ranges)
+        log.info("quantizer.deploy=int8 from epoch %d: BatchNorm re-estimated on %d batches and frozen, the stream's 8-bit ranges "
+                 "calibrated on %d images; training, validation and test now run the integer model", self.current_epoch if self._trainer
+                 else 0, len(bn_batches), len(calibration))
 
     def _install_int8(self, ranges: dict) -> None:
         if self.int8 is not None:

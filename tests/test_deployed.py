@@ -131,7 +131,11 @@ def test_deploy_refuses_what_it_cannot_train_when_the_run_is_built(make_cfg, mak
 
     with pytest.raises(ConfigError, match=r"quantizer.deploy=int8 trains on one CPU process for now .*trainer.devices=2\)"):
         make_module(make_cfg("quantizer.deploy=int8", "trainer.devices=2"))
-    with pytest.raises(ExportError, match="quantizer.deploy=int8 cannot train this student through an integer form: "):
+    with pytest.raises(ConfigError, match="quantizer.deploy=int8 needs a quantized student .* not quantizer=fp"):
+        make_module(make_cfg("quantizer.deploy=int8", "quantizer=fp"))
+    with pytest.raises(ConfigError, match=r"quantizer.freeze_bn_epoch=5 is never reached in trainer.max_epochs=1: .* at most 0"):
+        make_module(make_cfg("quantizer.deploy=int8", "quantizer.freeze_bn_epoch=5", "trainer.max_epochs=1"))
+    with pytest.raises(ExportError, match=r"quantizer.deploy=int8 cannot train this student through an integer form \(.*\); it needs a CIFAR ResNet"):
         make_module(make_cfg("quantizer.deploy=int8", "model=mobilenetv2"))
 
 

@@ -143,8 +143,9 @@ def export(target: str | Path, out_dir: str | Path | None = None, onnx: bool = T
         partial = out / "student_int8.onnx.partial"
         try:
             if trained is None and (cfg.quantizer.get("deploy") or "none") == "int8":
-                raise ExportError(f"{ckpt.name} was saved before quantizer.deploy=int8 took over (an epoch before quantizer.freeze_bn_epoch), "
-                                  "so it holds no integer model to write; export a later checkpoint (checkpoints/last.ckpt)")
+                raise ExportError(f"{ckpt.name} was saved before quantizer.deploy=int8 took over (quantizer.freeze_bn_epoch="
+                                  f"{cfg.quantizer.get('freeze_bn_epoch')}), so it holds no integer model to write; export a checkpoint saved "
+                                  "from that epoch on (python -m daqkd.export <run>/checkpoints/<that .ckpt>)")
             int8 = export_int8_onnx(frozen, dm.calibration_batch(512), partial, ranges=trained.ranges if trained is not None else None)
             if trained is not None:
                 from daqkd.export.deployed import check_export
@@ -208,8 +209,8 @@ def summary(report: dict) -> str:
     deployed = report.get("deploy") == "int8"
     lines = [f"wrote {', '.join(Path(f).name for f in files.values())} into {Path(files['frozen']).parent}",
              f"agreement with the training-time student on {report['test_images']} test images"
-             + (" (trained with quantizer.deploy=int8: it is the integer model; the exact forms below leave out its roundings)"
-                if deployed else "") + f": frozen {report['agreement_frozen']:.2%}"
+             + (" (trained with quantizer.deploy=int8, the student is the integer model: the exact forms, frozen and student.onnx, "
+                "leave out its roundings)" if deployed else "") + f": frozen {report['agreement_frozen']:.2%}"
              + (f", student.onnx {report['agreement_onnx']:.2%} (fused {report['agreement_onnx_fused']:.2%})" if "agreement_onnx" in report else "")]
     sizes = report["bytes"]
     lines.append("sizes: " + ", ".join(f"{Path(files[k]).name} {sizes[k] / 1e6:.2f} MB" for k in files if k in sizes)
@@ -222,10 +223,15 @@ def summary(report: dict) -> str:
                      f"(student {int8['student_test_acc']:.2%}), {int8['quantized_convs']} quantized convs")
         check = int8.get("deploy_check")
         if check:
-            lines.append(f"student_int8.onnx computes the trained integers: {check['integers']:,} compared on 256 test images, "
-                         f"{check['differ']} differ away from a rounding tie, {check['ties']} at ties"
-                         + (f" (from {check['int16_saturation_from']} on: ONNX Runtime's u8×s8 kernel saturates int16 on this CPU)"
-                            if "int16_saturation_from" in check else ""))
+            images = check.get("images", 256)
+            if "int16_saturation_from" in check:
+                lines.append(f"student_int8.onnx is the trained integer model, but ONNX Runtime on this CPU does not compute it exactly: from "
+                             f"{check['int16_saturation_from']} on, its u8×s8 kernel saturates int16 (a CPU without VNNI, 8-bit layers), and "
+                             f"{check['differ']:,} of {check['integers']:,} integers on {images} test images differ; on a CPU with VNNI it computes "
+                             "the trained integers")
+            else:
+                lines.append(f"student_int8.onnx computes the trained integers: {check['integers']:,} compared on {images} test images, "
+                             f"{check['differ']:,} differ away from a rounding tie, {check['ties']:,} at ties")
     bench = report.get("bench")
     if bench:
         fp = bench["teacher_fp"]

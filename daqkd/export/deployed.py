@@ -134,7 +134,7 @@ class Int8Forward:
         if module is not self.student or self._logits is None:
             return None
         logits, self._logits, self._values = self._logits, None, None
-        return _substitute(out, logits)
+        return logits + (out - out.detach()).to(logits.dtype)  # float32 logits, also under autocast: the integer model's, exactly
 
     def _replace_output(self, module, args, out):
         name = self._targets.get(id(module))
@@ -159,7 +159,7 @@ def check_export(path, images: torch.Tensor) -> dict:
     which is recorded instead; and an ExportError when more than ``MAX_TIE_SHARE`` of the integers
     are ties (no summation order explains that many). Returns the counts (integers, ties, differing)."""
     check = replay.compare(path, images)
-    out = {"integers": check.integers, "ties": check.ties, "differ": check.differ}
+    out = {"images": len(images), "integers": check.integers, "ties": check.ties, "differ": check.differ}
     if check.ties > MAX_TIE_SHARE * check.integers:
         raise ExportError(f"student_int8.onnx and the trained deploy=int8 model differ at {check.ties} of {check.integers} integers, all "
                           f"at rounding ties: more than ties explain (≤ {MAX_TIE_SHARE:g} of them); not written (report it with the run folder)")
