@@ -29,6 +29,15 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
         )
 
 
+def forget_best_checkpoints(callbacks) -> None:
+    """From now on val/acc is the integer model's (deploy=int8 took over): the fake-quantized epochs
+    before no longer compete for the best checkpoint, the one tested and exported (their files stay)."""
+    for cb in callbacks:
+        if getattr(cb, "monitor", None):
+            cb.best_k_models, cb.kth_best_model_path, cb.best_model_path, cb.best_model_score = {}, "", "", None
+            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+
+
 class QATKDModule(L.LightningModule):
     """Owns the student (trained), the teacher (frozen, always in eval mode) and the Distiller
     (the objective and its KD method's learnable heads, optimised with the weights and checkpointed).
@@ -100,6 +109,7 @@ class QATKDModule(L.LightningModule):
         dm = self.trainer.datamodule
         batches = [x.to(self.device) for x, _ in dm.train_batches(self.bn_batches, self.current_epoch)]
         self.activate_int8(batches, dm.calibration_batch(512).to(self.device))
+        forget_best_checkpoints(self.trainer.checkpoint_callbacks)
 
     def on_train_epoch_start(self) -> None:
         if self.deploy == "int8" and self.int8 is None and self.current_epoch >= self.freeze_bn_epoch:

@@ -149,3 +149,19 @@ def test_a_student_copied_during_an_ewgs_delta_estimate_leaves_the_captured_outp
     q(torch.rand(8, requires_grad=True) * 2)
     assert q.captured is not None and q.captured.grad_fn is not None
     assert copy.deepcopy(q).captured is None and q.captured is not None
+
+
+def test_when_the_integer_model_takes_over_earlier_epochs_no_longer_compete_for_the_best_checkpoint(tmp_path):
+    """With quantizer.freeze_bn_epoch > 0 a fake-quantized epoch could validate higher than the integer
+    model and be tested and exported in its place (seen: a 2-epoch run whose best was epoch 0)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from daqkd.module import forget_best_checkpoints
+
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max", save_top_k=1)
+    cb.best_k_models = {str(tmp_path / "epoch000.ckpt"): torch.tensor(0.89)}
+    cb.best_model_path = cb.kth_best_model_path = str(tmp_path / "epoch000.ckpt")
+    cb.best_model_score = cb.kth_value = torch.tensor(0.89)
+    forget_best_checkpoints([cb])
+    assert cb.best_model_path == "" and cb.best_model_score is None and cb.best_k_models == {}
+    assert cb.check_monitor_top_k(None, torch.tensor(0.5))  # a lower integer-model accuracy now becomes the best
