@@ -165,3 +165,18 @@ def test_when_the_integer_model_takes_over_earlier_epochs_no_longer_compete_for_
     forget_best_checkpoints([cb])
     assert cb.best_model_path == "" and cb.best_model_score is None and cb.best_k_models == {}
     assert cb.check_monitor_top_k(None, torch.tensor(0.5))  # a lower integer-model accuracy now becomes the best
+
+
+def test_an_add_of_two_dequantized_tensors_read_as_float_is_the_float_sum():
+    """DQ, DQ → Add with no QuantizeLinear after it stays float in ONNX Runtime (no QLinearAdd): the
+    eager graph computes it when a float operator reads it."""
+    import numpy as np
+
+    from daqkd.export.eager import EagerGraph
+
+    g = EagerGraph(torch.zeros(1, 2))
+    q = g.op("QuantizeLinear", ["image", g.const("s", np.float32(0.5)), g.const("z", np.uint8(3))], "q")
+    a = g.op("DequantizeLinear", [q, g.const("s", np.float32(0.5)), g.const("z", np.uint8(3))], "dq")
+    b = g.op("DequantizeLinear", [q, g.const("s", np.float32(0.25)), g.const("z", np.uint8(1))], "dq")
+    out = g.op("Relu", [g.op("Add", [a, b], "add")], "relu")
+    assert g.value(out).tolist() == [[0.5, 0.5]]  # (3 − 3)·0.5 + (3 − 1)·0.25

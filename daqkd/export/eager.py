@@ -107,10 +107,10 @@ class EagerGraph:
                 shape[v.axis] = -1
             s, z = self._tensor(v.scale).reshape(shape), self._tensor(v.zero).reshape(shape)
             return (q - z) * s  # one float32 multiply of exact integers, as the kernel (or the constant folding) does
-        x, w, b = (self.floats(i) for i in v.inputs)
+        xs = [self.floats(i) for i in v.inputs]
         if v.op == "Conv":
-            return F.conv2d(x, w, b, **conv_kwargs(v.attrs))
-        return x + w  # Add
+            return F.conv2d(xs[0], xs[1], xs[2] if len(xs) > 2 else None, **conv_kwargs(v.attrs))
+        return xs[0] + xs[1]  # Add
 
     def value(self, name: str) -> torch.Tensor:
         return self.floats(self.values[name])
