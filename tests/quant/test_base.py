@@ -239,6 +239,26 @@ def test_mse_range_by_hand():
     assert mse_range(x, 255, 0.0, 10.0, steps=100)[1] == pytest.approx(10.0)
 
 
+
+@pytest.mark.parametrize("levels", [1, 3, 255])
+def test_mse_range_is_the_argmin_of_the_plainly_written_error(levels):
+    """The in-place search returns a candidate f·[lower, upper] whose error, written out of place, is
+    the least: the same float operations per element, so only the mean's summation order (which a
+    CPU's kernel may change) can tell two candidates apart, by at most n·2⁻²³ of the error."""
+    from daqkd.quant.base import mse_range
+
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(levels)).relu() * 3
+    lower, upper, steps = 0.0, float(x.max()), 40
+    f = torch.arange(1, steps + 1, dtype=torch.float32) / steps
+    errors = []
+    for lo, hi in zip(lower * f, upper * f):
+        span = (hi - lo).clamp_min(1e-12)
+        q = torch.round((torch.minimum(torch.maximum(x, lo), hi) - lo) / span * levels) / levels * span + lo
+        errors.append(float((q - x).pow(2).mean()))
+    lo, hi = mse_range(x, levels, lower, upper, steps=steps)
+    k = [float(upper * g) for g in f].index(hi)  # on the candidate grid
+    assert lo == float(lower * f[k]) and errors[k] <= min(errors) * (1 + x.numel() * 2.0**-23)
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("DAQKD_HEAVY"), reason="trains every model (> 15 min on 2 cores): make test-heavy")
 def test_every_model_and_quantizer_at_w8a8_agrees_with_its_teacher(session_cfg, briefly_trained, quantizer_factories):
