@@ -19,10 +19,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs one worker per core:
     torch.set_num_threads(1)
 
 
+# The tests' model: ResNet-8, the CIFAR ResNet with one block per stage, has every kind of layer the
+# default ResNet-20 has (stem, plain and downsampling blocks, residual adds, pooling, classifier) at a
+# third of its compute; tests that need a deeper or other model name it (model=...).
+TEST_MODEL = "model=resnet8"
+
+
 def compose_cfg(root, cache, *overrides: str, fast: bool = True) -> DictConfig:
     base = [f"paths.root_dir={root}", f"paths.output_dir={root}/out", f"paths.cache_dir={cache}"]
     if fast:
         base.insert(0, "debug=fast")
+        if not any(o.startswith(("model=", "experiment=")) for o in overrides):
+            base.insert(1, TEST_MODEL)
     return compose_config([*base, *overrides])
 
 
@@ -67,7 +75,7 @@ def entry_point(monkeypatch, capfd):
 
 # A run of the whole pipeline at the least size that still exercises every stage: two training steps,
 # one validation batch, 64 test images, 20 images scored per DA, no student passes in the scoring.
-TINY = ["debug=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64",
+TINY = ["debug=fast", TEST_MODEL, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64",
         "metric.num_samples=20", "metric.batch_size=10", "metric.chunk=10", "metric.score_student=false"]
 
 

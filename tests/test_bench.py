@@ -3,6 +3,7 @@ target (no timing assertions here: speed targets live in the benchmark, not in t
 import json
 
 import pytest
+from conftest import TEST_MODEL
 
 from daqkd import bench
 
@@ -12,7 +13,7 @@ def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no cached teacher here: a random one stands in
     monkeypatch.setenv("DAQKD_ROOT", str(tmp_path))
     out = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--out", str(out), "dataset.datamodule.train_subset=1000", "metric.batch_size=50"]) == 0
+    assert bench.main(["--quick", "--out", str(out), TEST_MODEL, "dataset.datamodule.train_subset=1000", "metric.batch_size=50"]) == 0
     data = json.loads(out.read_text())
     step = data["qat_step"]["configured"]
     assert step["qat_ms"] > 0 and step["limit_ms"] > 0 and step["efficiency"] == pytest.approx(step["limit_ms"] / step["qat_ms"])

@@ -9,11 +9,12 @@ import time
 
 import pytest
 import torch
+from conftest import TEST_MODEL
 
 pytestmark = pytest.mark.slow
 
 # Three epochs of four steps: the kill lands inside an epoch after a checkpoint, with a δ estimate per epoch.
-ARGS = ["debug=fast", "trainer.max_epochs=3", "trainer.deterministic=true", "augment=trivialaugment", "metric.score_fixed=false",
+ARGS = ["debug=fast", TEST_MODEL, "trainer.max_epochs=3", "trainer.deterministic=true", "augment=trivialaugment", "metric.score_fixed=false",
         "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64",
         "quantizer.callback.num_batches=1", "quantizer.callback.probes=1"]
 

@@ -16,6 +16,7 @@ from daqkd.augment import (
     build_augmentation,
 )
 from daqkd.quant import EWGSQuantizer
+from daqkd.quant.base import QuantConv2d
 
 pytestmark = pytest.mark.slow  # every test here fits a student
 
@@ -68,8 +69,10 @@ def test_fixed_da_reaches_the_first_training_batch(make_cfg, augment):
 def test_auto_trains_with_the_candidate_that_wins(make_cfg):
     # Rigged: random_erasing here blanks almost the whole image, so the teacher's predictions carry
     # no class information and its M is above TrivialAugment's (M picks, argmin: metric.selector=m metric.tie=first).
+    # ResNet-20: the rigging needs a teacher that has learned the classes in its 2 epochs; ResNet-8's
+    # has not learned enough for the erased images' predictions to stand out.
     cfg = make_cfg(
-        "augment.pool=[random_erasing,trivialaugment]", "+augment.params.random_erasing={p: 1.0, scale: [0.97, 0.99], ratio: [0.9, 1.1]}",
+        "model=resnet20", "augment.pool=[random_erasing,trivialaugment]", "+augment.params.random_erasing={p: 1.0, scale: [0.97, 0.99], ratio: [0.9, 1.1]}",
         "teacher.max_epochs=2", "metric.selector=m", "metric.tie=first", *SHORT,
     )
     rec = FirstBatches()
@@ -151,7 +154,7 @@ def test_feature_taps_alone_send_gradients_in_a_real_fit(make_cfg):
     cfg = make_cfg("kd=at", "kd.gamma=0", "kd.alpha=0", "augment=minimal", "metric.score_fixed=false",
                    "quantizer.weight.delta_mode=fixed", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                    "dataset.datamodule.test_subset=64")
-    probe = GradProbe("layer1.2.conv2")  # inside the first tapped stage
+    probe = GradProbe("layer1.0.conv2")  # inside the first tapped stage
     run.train(cfg, extra_callbacks=[probe])
     assert len(probe.grads) == 2 and all(g > 0 for g in probe.grads)
 
@@ -181,7 +184,7 @@ def test_smoke_run_writes_everything(make_cfg, tmp_path):
     ranking = (out / "augment_scores.csv").read_text().splitlines()
     assert ranking[0].startswith("name,m,") and len(ranking) == 1 + len(scores)
     summary = (out / "quant_summary.txt").read_text()
-    assert summary.count("QuantConv2d") == 18 and "out_scale=" in summary
+    assert summary.count("QuantConv2d") == sum(isinstance(m, QuantConv2d) for m in student.modules()) >= 6 and "out_scale=" in summary
     assert (out / "csv" / "metrics.csv").is_file()
     # Provenance: what ran, from which code and teacher, how long each stage took, how much memory.
     from daqkd.provenance import sha256_file

@@ -6,7 +6,6 @@ import torch
 
 from daqkd import build
 from daqkd.io import load_weights
-from daqkd.models import create_model
 
 
 @pytest.mark.slow
@@ -26,7 +25,7 @@ def test_given_teacher_and_corrupt_cache(make_cfg, tmp_path):
     again = build.build_teacher(cfg, dm)
     assert torch.equal(torch.get_rng_state(), state)  # and the caller's random state is left as it was
     assert again.source == "trained" and Path(first.ckpt).with_suffix(".corrupt").is_file()
-    assert load_weights(create_model("resnet20", 10, 1), again.ckpt) is not None
+    assert load_weights(build.build_model(cfg), again.ckpt) is not None
     assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
     other = build.build_teacher(make_cfg("paths.cache_dir=" + str(tmp_path / "cache"), "seed=1"), dm)
     assert other.ckpt != first.ckpt and not torch.equal(other.model.conv1.weight, first.model.conv1.weight)

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import TINY
 
 from daqkd import build
 from daqkd.wandb_setup import ID_FILE, logger_kwargs
@@ -36,9 +37,10 @@ def run_record(run_dir, *expected: bytes, timeout: float = 30.0) -> bytes:
 
 
 @pytest.mark.slow
-def test_sweep_run_is_offline_grouped_tagged_and_holds_the_ranking_table(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"DAQKD_ROOT": str(tmp_path), "HOME": str(tmp_path)}
-    p = subprocess.run([sys.executable, "-m", "daqkd.run", "-m", "debug=fast", "logger=many", "augment=auto",
+def test_sweep_run_is_offline_grouped_tagged_and_holds_the_ranking_table(tmp_path, teacher_cache):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"DAQKD_ROOT": str(tmp_path), "HOME": str(tmp_path),
+                                                                          "DAQKD_CACHE": str(teacher_cache)}
+    p = subprocess.run([sys.executable, "-m", "daqkd.run", "-m", *TINY, "logger=many", "augment=auto",
                         "augment.pool=[minimal,cutmix]"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     sweep = next((tmp_path / "multirun").iterdir())

@@ -82,6 +82,12 @@ class CifarResNet(nn.Module):
 _TAPS = ("layer1", "layer2", "layer3", "flatten")
 
 
+@register_model("resnet8", feature_layers=_TAPS)
+def resnet8(num_classes: int, in_channels: int = 3, image_size: int | None = None) -> CifarResNet:
+    """One block per stage: the smallest of the family (the test suite's stand-in for ResNet-20)."""
+    return CifarResNet(8, num_classes, in_channels)
+
+
 @register_model("resnet20", feature_layers=_TAPS)
 def resnet20(num_classes: int, in_channels: int = 3, image_size: int | None = None) -> CifarResNet:
     return CifarResNet(20, num_classes, in_channels)
