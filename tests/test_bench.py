@@ -44,21 +44,22 @@ def test_quick_bench_writes_every_figure(tmp_path, monkeypatch, capsys):
 def test_export_bench_measures_every_form(tmp_path, monkeypatch, capsys):
     from daqkd import bench_export
 
-    monkeypatch.setattr(bench_export, "MODELS", (("resnet20", 8, 1),))  # tiny: the figures, not their size
+    monkeypatch.setattr(bench_export, "MODELS", (("resnet8", 8, 1),))  # tiny: the figures, not their size
     monkeypatch.setattr(bench_export, "CALIBRATION", 8)
     out = tmp_path / "export.json"
     assert bench_export.main(["--quick", "--out", str(out)]) == 0
-    entry = json.loads(out.read_text())["models"]["resnet20@8"]
+    entry = json.loads(out.read_text())["models"]["resnet8@8"]
     fp = entry["teacher_fp"]
     for bits in ("W8A8", "W4A4", "W2A2"):
         e = entry[bits]
-        assert e["quantized_convs"] == 18 and e["int8_ops"].get("QLinearConv", 0) >= 1  # the integer kernels ran (the first conv stays FP)
+        assert e["quantized_convs"] == 6  # ResNet-8: 7 convs, the first in full precision
+        assert e["int8_ops"].get("QLinearConv", 0) >= 1  # the integer kernels ran (the first conv stays FP)
         for form in ("exact", "int8"):
             assert e["throughput_vs_teacher"][form] == pytest.approx(e[form]["throughput_b64_img_s"] / fp["throughput_b64_img_s"])
         assert e["bytes"]["student_weights.npz"] < e["bytes"]["student_int.pt"]  # packed below one byte a weight
     # 2-bit weights pack four to a byte: the npz is smaller than at 8 bits
     assert entry["W2A2"]["bytes"]["student_weights.npz"] < entry["W8A8"]["bytes"]["student_weights.npz"]
-    assert "| resnet20@8 | W2A2 int8 |" in capsys.readouterr().out
+    assert "| resnet8@8 | W2A2 int8 |" in capsys.readouterr().out
 
 
 def test_a_figure_checks_only_the_targets_it_declares():
