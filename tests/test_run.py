@@ -72,7 +72,8 @@ def test_auto_trains_with_the_candidate_that_wins(make_cfg):
     # ResNet-20: the rigging needs a teacher that has learned the classes in its 2 epochs; ResNet-8's
     # has not learned enough for the erased images' predictions to stand out.
     cfg = make_cfg(
-        "model=resnet20", "augment.pool=[random_erasing,trivialaugment]", "+augment.params.random_erasing={p: 1.0, scale: [0.97, 0.99], ratio: [0.9, 1.1]}",
+        "model=resnet20", "augment.pool=[random_erasing,trivialaugment]",
+        "+augment.params.random_erasing={p: 1.0, scale: [0.97, 0.99], ratio: [0.9, 1.1]}",
         "teacher.max_epochs=2", "metric.selector=m", "metric.tie=first", *SHORT,
     )
     rec = FirstBatches()

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from conftest import TEST_MODEL
 
 from daqkd.result import RunResult
 
@@ -48,7 +49,7 @@ def test_an_added_trainer_argument_still_works(entry_point, tmp_path):
 
 def test_a_refused_sweep_job_leaves_no_folder(entry_point, tmp_path, teacher_cache):
     # bits.a=5 is the second value of the sweep: only the job sees it, after Hydra made its folder.
-    done = entry_point(tmp_path, "-m", "debug=fast", "bits.w=2", "bits.a=2,5", "trainer.limit_train_batches=1",
+    done = entry_point(tmp_path, "-m", "debug=fast", TEST_MODEL, "bits.w=2", "bits.a=2,5", "trainer.limit_train_batches=1",
                        "trainer.limit_val_batches=1", "dataset.datamodule.test_subset=64", "augment=minimal", "metric.score_fixed=false",
                        "quantizer.weight.delta_mode=fixed", f"paths.cache_dir={teacher_cache}", f"hydra.sweep.dir={tmp_path}/sweep",
                        "hydra.sweep.subdir=a${bits.a}")
@@ -62,7 +63,7 @@ def test_a_crashed_run_says_so_in_its_folder_and_the_report_counts_it(entry_poin
 
     monkeypatch.setattr("daqkd.run.build_selection", boom)
     folder = tmp_path / "run"
-    done = entry_point(tmp_path, "debug=fast", "augment=minimal", f"paths.cache_dir={teacher_cache}", f"hydra.run.dir={folder}")
+    done = entry_point(tmp_path, "debug=fast", TEST_MODEL, "augment=minimal", f"paths.cache_dir={teacher_cache}", f"hydra.run.dir={folder}")
     assert done.returncode != 0
     result = RunResult.load(folder / "results.json")
     assert result.status == "failed" and "the disk went away" in result.error

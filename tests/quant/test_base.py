@@ -239,16 +239,17 @@ def test_mse_range_by_hand():
     assert mse_range(x, 255, 0.0, 10.0, steps=100)[1] == pytest.approx(10.0)
 
 
-
-@pytest.mark.parametrize("levels", [1, 3, 255])
-def test_mse_range_is_the_argmin_of_the_plainly_written_error(levels):
+@pytest.mark.parametrize("levels,signed", [(1, False), (3, True), (255, False), (15, True)])
+def test_mse_range_is_the_argmin_of_the_plainly_written_error(levels, signed):
     """The in-place search returns a candidate f·[lower, upper] whose error, written out of place, is
     the least: the same float operations per element, so only the mean's summation order (which a
-    CPU's kernel may change) can tell two candidates apart, by at most n·2⁻²³ of the error."""
+    CPU's kernel may change) can tell two candidates apart, by at most n·2⁻²³ of the error. Signed
+    inputs (lower < 0) exercise the range's lower end."""
     from daqkd.quant.base import mse_range
 
-    x = torch.randn(5000, generator=torch.Generator().manual_seed(levels)).relu() * 3
-    lower, upper, steps = 0.0, float(x.max()), 40
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(levels)) * 3
+    x = x if signed else x.relu()
+    lower, upper, steps = (float(x.min()) if signed else 0.0), float(x.max()), 40
     f = torch.arange(1, steps + 1, dtype=torch.float32) / steps
     errors = []
     for lo, hi in zip(lower * f, upper * f):
@@ -258,6 +259,8 @@ def test_mse_range_is_the_argmin_of_the_plainly_written_error(levels):
     lo, hi = mse_range(x, levels, lower, upper, steps=steps)
     k = [float(upper * g) for g in f].index(hi)  # on the candidate grid
     assert lo == float(lower * f[k]) and errors[k] <= min(errors) * (1 + x.numel() * 2.0**-23)
+    assert not signed or lo < 0
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("DAQKD_HEAVY"), reason="trains every model (> 15 min on 2 cores): make test-heavy")
