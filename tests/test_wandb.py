@@ -2,7 +2,6 @@
 folder is the group and its config groups the tags; the DA ranking is a table; a resumed run
 continues the same W&B run; the report logs a summary run."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -37,9 +36,8 @@ def run_record(run_dir, *expected: bytes, timeout: float = 30.0) -> bytes:
 
 
 @pytest.mark.slow
-def test_sweep_run_is_offline_grouped_tagged_and_holds_the_ranking_table(tmp_path, teacher_cache):
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | {"DAQKD_ROOT": str(tmp_path), "HOME": str(tmp_path),
-                                                                          "DAQKD_CACHE": str(teacher_cache)}
+def test_sweep_run_is_offline_grouped_tagged_and_holds_the_ranking_table(tmp_path, subprocess_env):
+    env = {k: v for k, v in subprocess_env.items() if k != "WANDB_API_KEY"} | {"HOME": str(tmp_path)}
     p = subprocess.run([sys.executable, "-m", "daqkd.run", "-m", *TINY, "logger=many", "augment=auto",
                         "augment.pool=[minimal,cutmix]"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

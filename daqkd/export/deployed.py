@@ -72,9 +72,11 @@ def reestimate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
             bn.train(training)
 
 
-def _substitute(v: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``value`` in the forward, exactly, with ``v``'s gradient (straight through)."""
-    return value.to(v.dtype) + (v - v.detach())
+def _substitute(v: torch.Tensor, value: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``value`` in the forward, exactly, with ``v``'s gradient (straight through), in ``dtype``
+    (``v``'s unless given)."""
+    dtype = dtype or v.dtype
+    return value.to(dtype) + (v - v.detach()).to(dtype)
 
 
 class Int8Forward:
@@ -134,7 +136,7 @@ class Int8Forward:
         if module is not self.student or self._logits is None:
             return None
         logits, self._logits, self._values = self._logits, None, None
-        return logits + (out - out.detach()).to(logits.dtype)  # float32 logits, also under autocast: the integer model's, exactly
+        return _substitute(out, logits, logits.dtype)  # float32 logits, also under autocast: the integer model's, exactly
 
     def _replace_output(self, module, args, out):
         name = self._targets.get(id(module))
