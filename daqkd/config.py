@@ -316,6 +316,13 @@ _INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "-
 _CONFIG_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--experimental-rerun")
 
 
+def _unquoted(value: str) -> str:
+    """A group option as Hydra reads it: ``bits='4'`` and ``bits="4"`` choose option 4."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
 def check_command_line(argv: list[str], config_name: str = "config", validate: bool = True) -> None:
     """What Hydra would reject, or fail on only once the job runs, as one ConfigError before Hydra
     starts (so a refused run leaves no folder): an option a config group does not have (every value
@@ -351,6 +358,7 @@ def check_command_line(argv: list[str], config_name: str = "config", validate: b
         options = group_options(group)
         if options and not o.is_delete():
             for v in values if values is not None else [o.get_value_element_as_str()]:
+                v = _unquoted(v)
                 if v not in options and v != "null":
                     raise ConfigError(f"{group}={v} is not an option of {group}; choose one of {', '.join(options)}")
         if o.is_sweep_override():

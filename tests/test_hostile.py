@@ -257,6 +257,17 @@ def test_hydra_flags_that_take_a_value_are_left_to_hydra():
     check_command_line(["-cd", "/tmp/elsewhere", "-cn", "other", "seed=1"])  # no attempt to read /tmp/elsewhere as an override
 
 
+def test_a_quoted_group_option_is_the_option_hydra_reads():
+    """``bits='4'`` (how a shell script quotes it) is Hydra's option 4; the check before Hydra starts
+    read the quotes as part of the name and refused a valid run."""
+    from daqkd.config import ConfigError, check_command_line
+
+    check_command_line(["debug=fast", "bits='4'"])
+    check_command_line(["-m", "debug=fast", 'bits="4",2'])
+    with pytest.raises(ConfigError, match="bits=5 is not an option of bits"):
+        check_command_line(["debug=fast", "bits='5'"])
+
+
 def test_a_pool_of_combined_das_sweeps_as_augment_names(make_cfg):
     from daqkd.config import _sweep, validate_config
 
